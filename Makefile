@@ -1,0 +1,20 @@
+# All set-up lives here so a fresh machine needs only `make demo` or `make test`.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: setup demo test bench
+
+setup: $(VENV_STAMP)
+
+# torch first and pinned: an unpinned torch (or a package that asks for one) pulls a multi-GB CUDA build.
+$(VENV_STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) data/demo.py
