@@ -1,0 +1,133 @@
+"""Load weights into a model from any file our scripts meet.
+
+Accepted files:
+* a plain state_dict, e.g. Yolo-FastestV2's released `coco2017-0.241078ap-model.pth`. Its names (`fpn.*`,
+  `output_*_layers.*`) are translated to ours by `RELEASE_YFV2_RENAMES` below;
+* our training checkpoint: a dict with 'model' and optionally 'ema' state_dicts ('ema' is preferred: it is the
+  averaged model we evaluate and export);
+* a backbone-only file (`load_backbone_weights`), e.g. the ImageNet ShuffleNetV2-0.5x `backbone.pth`.
+
+Every mismatch error names the file and lists the first few offending keys with their shapes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """A weights file that does not fit the model (or is not a weights file). The message names the file."""
+
+
+# Released Yolo-FastestV2 name prefix -> our name prefix. Their FPN module held the towers and the 1x1 convs;
+# we split them into neck (1x1 convs) and head (towers + shared output convs).
+RELEASE_YFV2_RENAMES = (
+    ('fpn.conv1x1_2.', 'neck.fuse_16.'),
+    ('fpn.conv1x1_3.', 'neck.reduce_32.'),
+    ('fpn.reg_head_2.block.', 'head.reg_towers.0.'),
+    ('fpn.reg_head_3.block.', 'head.reg_towers.1.'),
+    ('fpn.cls_head_2.block.', 'head.cls_towers.0.'),
+    ('fpn.cls_head_3.block.', 'head.cls_towers.1.'),
+    ('output_reg_layers.', 'head.reg_outs.0.'),
+    ('output_obj_layers.', 'head.obj_outs.0.'),
+    ('output_cls_layers.', 'head.cls_outs.0.'),
+)
+SHOW_MISMATCHES = 5
+
+
+def read_state_dict(path) -> dict:
+    """The state_dict inside `path`: plain, or our checkpoint ('ema' preferred over 'model')."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'{path}: weights file not found')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch raises several types for a corrupt or foreign file
+        raise WeightsError(f'{path}: cannot read as PyTorch weights ({type(error).__name__}: {error})') from None
+    if isinstance(obj, dict) and ('model' in obj or 'ema' in obj):
+        chosen = obj.get('ema') if obj.get('ema') is not None else obj.get('model')
+        obj = chosen
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise WeightsError(f'{path}: expected a state_dict (name -> tensor) or a checkpoint with "model"/"ema", '
+                           f'got {type(obj).__name__}')
+    # DistributedDataParallel saves every name with a 'module.' prefix
+    if obj and all(k.startswith('module.') for k in obj):
+        obj = {k[len('module.'):]: v for k, v in obj.items()}
+    return obj
+
+
+def to_our_names(state: dict) -> dict:
+    """Translate the released Yolo-FastestV2 layout to ours; other layouts pass through unchanged."""
+    if not any(k.startswith('output_reg_layers.') for k in state):
+        return dict(state)
+    renamed = {}
+    for key, value in state.items():
+        for old, new in RELEASE_YFV2_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def _mismatches(state: dict, expected: dict) -> tuple[list, list, list]:
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    return missing, unexpected, wrong_shape
+
+
+def _mismatch_message(path, what, missing, unexpected, wrong_shape, state, expected) -> str:
+    lines = [f'{path}: does not fit the {what}: {len(missing)} missing, {len(unexpected)} unexpected, '
+             f'{len(wrong_shape)} with a different shape']
+    for k in wrong_shape[:SHOW_MISMATCHES]:
+        lines.append(f'  shape  {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}')
+    for k in missing[:SHOW_MISMATCHES]:
+        lines.append(f'  missing in file  {k} {tuple(expected[k].shape)}')
+    for k in unexpected[:SHOW_MISMATCHES]:
+        lines.append(f'  not in model  {k} {tuple(state[k].shape)}')
+    return '\n'.join(lines)
+
+
+def load_state(module: nn.Module, state: dict, path, what: str, strict: bool) -> dict:
+    """Copy `state` into `module`. strict: every tensor must match by name and shape, else WeightsError.
+    Not strict: copy what matches, report the rest. Returns a report dict."""
+    expected = module.state_dict()
+    missing, unexpected, wrong_shape = _mismatches(state, expected)
+    if strict and (missing or unexpected or wrong_shape):
+        raise WeightsError(_mismatch_message(path, what, missing, unexpected, wrong_shape, state, expected))
+    usable = {k: v for k, v in state.items() if k in expected and k not in wrong_shape}
+    if not usable:
+        raise WeightsError(_mismatch_message(path, what, missing, unexpected, wrong_shape, state, expected)
+                           + '\n  (no tensor matched: is this the right file for this model?)')
+    module.load_state_dict(usable, strict=False)
+    return dict(path=str(path), loaded=len(usable), total=len(expected), missing=missing,
+                unexpected=unexpected, wrong_shape=wrong_shape)
+
+
+def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
+    """Load a whole-model file (released Yolo-FastestV2 .pth or our checkpoint) into `model`.
+
+    strict=False is for fine-tuning on other classes: tensors whose shape differs (the class outputs) are skipped
+    and listed in the report. Returns dict(path, loaded, total, missing, unexpected, wrong_shape).
+    """
+    state = to_our_names(read_state_dict(path))
+    return load_state(model, state, path, 'model', strict)
+
+
+def load_backbone_weights(model: nn.Module, path) -> dict:
+    """Load a backbone-only file into `model.backbone`; every backbone tensor must be filled from it.
+
+    Names may carry a 'backbone.' prefix or not. Tensors the detector has no use for (an ImageNet classifier's
+    last conv and fc) are skipped and listed under 'unexpected' in the returned report.
+    """
+    state = read_state_dict(path)
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    expected = model.backbone.state_dict()
+    report = load_state(model.backbone, {k: v for k, v in state.items() if k in expected}, path, 'backbone',
+                        strict=True)
+    report['unexpected'] = [k for k in state if k not in expected]
+    return report

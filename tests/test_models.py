@@ -1,0 +1,153 @@
+"""Models: the released Yolo-FastestV2 weights reproduce the reference outputs; shapes and the export layout of
+every variant; the config -> model checks."""
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from conftest import shared_path
+from model.build import build_model
+from model.weights import load_weights
+from utils.config import YFV2_COCO_ANCHORS_352, YOLOV5_COCO_ANCHORS_640, Config
+from utils.preprocess import resize_image
+
+torch.set_num_threads(1)
+
+RELEASE = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
+REFERENCE = 'reference/yfv2_raw_outputs.pt'
+# The reference's input_img is this image, stretched to 352x352 with cv2 INTER_LINEAR, BGR, /255
+# (checked: identical to the last bit).
+REFERENCE_IMAGE = 'images/yfv2_000139.jpg'
+
+
+def make_cfg(model='yolo-fastestv2', head='anchor', width=352, height=352, classes=80, **fields) -> Config:
+    """A Config without a dataset on disk: only the fields the model builder reads."""
+    strides = {'yolo-fastestv2': 2}.get(model, 3)
+    if head == 'anchor' and 'anchors' not in fields:
+        base, side = (YFV2_COCO_ANCHORS_352, 352) if strides == 2 else (YOLOV5_COCO_ANCHORS_640, 640)
+        fields['anchors'] = tuple(v * (width if i % 2 == 0 else height) / side for i, v in enumerate(base))
+    return Config(data_path=Path('test.data'), model=model, head=head, width=width, height=height,
+                  classes=classes, **fields)
+
+
+def release_model():
+    model = build_model(make_cfg(), log=lambda *_: None).eval()
+    report = load_weights(model, shared_path(RELEASE), strict=True)
+    return model, report
+
+
+def flatten(outputs):
+    return [t for scale in outputs for t in scale]
+
+
+def test_release_weights_load_strictly():
+    model, report = release_model()
+    file_tensors = torch.load(shared_path(RELEASE), map_location='cpu', weights_only=True)
+    assert report['loaded'] == report['total'] == len(file_tensors) == len(model.state_dict()) == 444
+    assert not report['missing'] and not report['unexpected'] and not report['wrong_shape']
+
+
+@pytest.mark.parametrize('which', ['rand', 'img'])
+def test_release_weights_reproduce_reference_raw_outputs(which):
+    model, _ = release_model()
+    reference = torch.load(shared_path(REFERENCE), map_location='cpu', weights_only=True)
+    with torch.no_grad():
+        ours = flatten(model(reference[f'input_{which}']))
+    theirs = reference[f'outputs_{which}']   # reg, obj, cls at stride 16, then at stride 32
+    assert len(ours) == len(theirs) == 6
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_uint8_bgr_image_gives_the_reference_outputs():
+    """The deployment path: cv2 BGR image -> shared resize -> uint8 NCHW (the model divides by 255)."""
+    reference = torch.load(shared_path(REFERENCE), map_location='cpu', weights_only=True)
+    image, _ = resize_image(cv2.imread(str(shared_path(REFERENCE_IMAGE))), 352, 352, letterbox=False)
+    x_uint8 = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
+    assert torch.equal(x_uint8.float() / 255, reference['input_img'])   # same input as the reference, to the bit
+    model, _ = release_model()
+    with torch.no_grad():
+        ours = flatten(model(x_uint8))
+    for a, b in zip(ours, reference['outputs_img']):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_export_layout_is_sigmoid_softmax_of_reference_logits_in_nhwc():
+    model, _ = release_model()
+    reference = torch.load(shared_path(REFERENCE), map_location='cpu', weights_only=True)
+    model.export = True
+    with torch.no_grad():
+        exported = model(reference['input_img'])
+    theirs = reference['outputs_img']
+    assert len(exported) == 2
+    for scale, out in enumerate(exported):
+        reg, obj, cls = theirs[3 * scale: 3 * scale + 3]
+        n, _, h, w = reg.shape
+        assert out.shape == (n, h, w, 12 + 3 + 80)
+        expected = torch.cat((reg.sigmoid(), obj.sigmoid(), cls.softmax(dim=1)), 1).permute(0, 2, 3, 1)
+        assert (out - expected).abs().max().item() <= 1e-5
+        # class scores are one distribution per cell
+        assert torch.allclose(out[..., 15:].sum(-1), torch.ones(n, h, w), atol=1e-5)
+
+
+def has_module(name):
+    return importlib.util.find_spec(name) is not None
+
+
+VARIANTS = [('yolo-fastestv2', 'anchor')] + [(f'leyolo-{v}', head) for v in ('nano', 'small', 'medium', 'large')
+                                              for head in ('anchor', 'leyolo')]
+
+
+@pytest.mark.parametrize('width,height', [(352, 352), (416, 320)])
+@pytest.mark.parametrize('model_name,head', VARIANTS)
+def test_forward_shapes(model_name, head, width, height):
+    if model_name.startswith('leyolo') and not has_module('model.leyolo'):
+        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
+    if head == 'leyolo' and not has_module('model.leyolo_head'):
+        pytest.skip('model/leyolo_head.py has not landed yet (LeYOLO engineer)')
+    classes = 7
+    model = build_model(make_cfg(model_name, head, width, height, classes=classes), log=lambda *_: None).eval()
+    x = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
+    with torch.no_grad():
+        raw = model(x)
+        model.export = True
+        exported = model(x)
+    assert model.spec.strides == ((16, 32) if model_name == 'yolo-fastestv2' else (8, 16, 32))
+    assert len(raw) == len(exported) == len(model.spec.strides)
+    for stride, scale_raw, out in zip(model.spec.strides, raw, exported):
+        h, w = height // stride, width // stride
+        if head == 'anchor':
+            a = len(model.spec.anchors_px[0])
+            assert [tuple(t.shape) for t in scale_raw] == [(2, 4 * a, h, w), (2, a, h, w), (2, classes, h, w)]
+            assert out.shape == (2, h, w, 5 * a + classes)
+        else:
+            assert [tuple(t.shape) for t in scale_raw] == [(2, 4 * model.spec.reg_max, h, w), (2, classes, h, w)]
+            assert out.shape == (2, h, w, 4 + classes)
+
+
+def test_spec_carries_anchors_strides_and_size():
+    cfg = make_cfg(width=416, height=320)
+    spec = build_model(cfg, log=lambda *_: None).spec
+    assert spec.kind == 'anchor' and spec.strides == (16, 32) and spec.num_classes == 80
+    assert (spec.input_width, spec.input_height) == (416, 320)
+    assert [list(map(list, s)) for s in spec.anchors_px] == [list(map(list, s)) for s in cfg.anchors_px]
+
+
+def test_objectness_prior_when_training_from_scratch():
+    model = build_model(make_cfg(width=416, height=320), log=lambda *_: None)
+    # one output conv shared by both scales: the mean of log(8 / cells) over the scales
+    cells = [(416 / s) * (320 / s) for s in (16, 32)]
+    expected = sum(math.log(8 / c) for c in cells) / 2
+    assert torch.allclose(model.head.obj_outs[0].bias, torch.full((3,), expected))
+    assert torch.equal(model.head.cls_outs[0].bias, torch.zeros(80))
+
+
+def test_strides_disagreeing_with_the_config_table_fail(monkeypatch):
+    import utils.config
+    monkeypatch.setitem(utils.config.MODEL_STRIDES, 'yolo-fastestv2', (8, 16))
+    with pytest.raises(ValueError, match=r'gives strides \(16, 32\).*\(8, 16\)'):
+        build_model(make_cfg(anchors=YFV2_COCO_ANCHORS_352), log=lambda *_: None)
