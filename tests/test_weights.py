@@ -1,0 +1,111 @@
+"""Weight loading: backbone_weights and pre_weights from a real .data file, our checkpoints, clear errors."""
+import pytest
+import torch
+
+from conftest import shared_path
+from model.build import build_model
+from model.weights import WeightsError, load_weights, read_state_dict
+from utils.config import load_config
+
+torch.set_num_threads(1)
+
+RELEASE = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
+IMAGENET_BACKBONE = 'weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth'
+REFERENCE = 'reference/yfv2_raw_outputs.pt'
+
+
+def write_data(tmp_path, classes=80, **keys):
+    """A tiny .data file (empty image lists) so load_config runs for real."""
+    (tmp_path / 'train.txt').write_text('')
+    (tmp_path / 'val.txt').write_text('')
+    (tmp_path / 'x.names').write_text(''.join(f'class{i}\n' for i in range(classes)))
+    lines = ['[model-configure]', 'model = yolo-fastestv2', f'classes = {classes}', 'width = 352', 'height = 352',
+             '[data-configure]', 'train = train.txt', 'val = val.txt', 'names = x.names']
+    lines += [f'{k} = {v}' for k, v in keys.items()]
+    path = tmp_path / 'x.data'
+    path.write_text('\n'.join(lines) + '\n')
+    return load_config(path)
+
+
+def reference_outputs(model):
+    reference = torch.load(shared_path(REFERENCE), map_location='cpu', weights_only=True)
+    with torch.no_grad():
+        ours = [t for scale in model.eval()(reference['input_img']) for t in scale]
+    return max((a - b).abs().max().item() for a, b in zip(ours, reference['outputs_img']))
+
+
+def test_backbone_weights_fill_every_backbone_tensor(tmp_path):
+    path = shared_path(IMAGENET_BACKBONE)
+    messages = []
+    model = build_model(write_data(tmp_path, backbone_weights=path), log=messages.append)
+    file_tensors = torch.load(path, map_location='cpu', weights_only=True)
+    backbone = model.backbone.state_dict()
+    assert len(backbone) == 330
+    for name, tensor in backbone.items():
+        assert torch.equal(tensor, file_tensors[name]), name
+    assert messages == [f'backbone_weights {path}: filled 330/330 backbone tensors']
+    # the rest of the model is untouched: its objectness prior is still there
+    assert model.head.obj_outs[0].bias.abs().min() > 1
+
+
+def test_pre_weights_coco_release_reproduces_reference(tmp_path):
+    messages = []
+    model = build_model(write_data(tmp_path, pre_weights=shared_path(RELEASE)), log=messages.append)
+    assert messages == [f'pre_weights {shared_path(RELEASE)}: loaded 444/444 tensors']
+    assert reference_outputs(model) <= 1e-5
+
+
+def test_pre_weights_into_fewer_classes_skips_only_the_class_outputs(tmp_path):
+    messages = []
+    model = build_model(write_data(tmp_path, classes=3, pre_weights=shared_path(RELEASE)), log=messages.append)
+    assert messages[0].endswith('loaded 442/444 tensors')
+    assert 'head.cls_outs.0.weight' in messages[1] and 'head.cls_outs.0.bias' in messages[1]
+    release = read_state_dict(shared_path(RELEASE))
+    assert torch.equal(model.head.reg_outs[0].weight, release['output_reg_layers.weight'])
+    assert torch.equal(model.backbone.stage4[3].branch_main[5].weight, release['backbone.stage4.3.branch_main.5.weight'])
+
+
+def test_checkpoint_prefers_ema_over_model(tmp_path):
+    release = build_model(write_data(tmp_path, pre_weights=shared_path(RELEASE)), log=lambda *_: None)
+    fresh = build_model(write_data(tmp_path), log=lambda *_: None)
+    checkpoint = tmp_path / 'last.pt'
+    torch.save(dict(model=fresh.state_dict(), ema=release.state_dict(), epoch=3), checkpoint)
+    model = build_model(write_data(tmp_path), log=lambda *_: None)
+    load_weights(model, checkpoint)
+    assert reference_outputs(model) <= 1e-5
+    # without 'ema' the 'model' entry is used
+    torch.save(dict(model=release.state_dict(), ema=None), checkpoint)
+    model = build_model(write_data(tmp_path), log=lambda *_: None)
+    load_weights(model, checkpoint)
+    assert reference_outputs(model) <= 1e-5
+
+
+def test_wrong_file_is_a_clear_error_naming_it_and_the_first_mismatches(tmp_path):
+    model = build_model(write_data(tmp_path, classes=3), log=lambda *_: None)
+    with pytest.raises(WeightsError) as error:
+        load_weights(model, shared_path(RELEASE), strict=True)
+    message = str(error.value)
+    assert message.startswith(f'{shared_path(RELEASE)}: does not fit the model: 0 missing, 0 unexpected, '
+                              f'2 with a different shape')
+    assert 'head.cls_outs.0.weight: file (80, 72, 1, 1), model (3, 72, 1, 1)' in message
+
+    # a backbone file is not a whole model: nothing lines up, even loosely
+    with pytest.raises(WeightsError, match='no tensor matched'):
+        load_weights(model, shared_path(IMAGENET_BACKBONE), strict=False)
+
+
+@pytest.mark.parametrize('content,expected', [
+    (None, 'weights file not found'),
+    (b'not a torch file', 'cannot read as PyTorch weights'),
+    ([1, 2, 3], 'expected a state_dict'),
+])
+def test_unreadable_files_are_named(tmp_path, content, expected):
+    path = tmp_path / 'bad.pth'
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    model = build_model(write_data(tmp_path, classes=3), log=lambda *_: None)
+    with pytest.raises(WeightsError, match=expected) as error:
+        load_weights(model, path)
+    assert str(error.value).startswith(str(path))
