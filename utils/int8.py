@@ -1,0 +1,127 @@
+"""Post-training INT8 quantization of an fp32 NCNN model, written in NCNN's own INT8 format.
+
+    report = quantize_ncnn('m.param', 'm.bin', calib_images, width=352, height=352, letterbox=False,
+                           out_param='m-int8.param', out_bin='m-int8.bin')
+    print(report.summary())
+
+Calibration images go through the deployment pre-processing (utils.preprocess.resize_image with the .data's
+size and letterbox, BGR, /255): INT8 activation scales only fit inference inputs prepared the same way.
+Convolution, ConvolutionDepthWise and InnerProduct layers are quantized (weights per output channel or per group,
+activations per layer, see utils/int8_calibrate.py); every other layer stays fp32, and so do the layers named in
+`keep_fp32`. The output is checked: the INT8 model is loaded by the ncnn runtime and compared with fp32 on a few
+calibration images, and the numbers go into the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.int8_calibrate import (collect_activation_stats, load_calibration_inputs, load_ncnn_net, run_blobs,
+                                  weight_scales)
+from utils.int8_write import QUANTIZABLE_TYPES, LayerScales, read_ncnn_model, write_int8_model
+
+
+@dataclass
+class LayerReport:
+    name: str
+    type: str
+    quantized: bool
+    input_blob: str
+    input_absmax: float = 0.0
+    input_threshold: float = 0.0
+    input_scale: float = 0.0
+
+
+@dataclass
+class Int8Report:
+    method: str
+    calib_images_used: int
+    calib_images_skipped: list            # paths that could not be read
+    layers: list                          # LayerReport per Convolution / ConvolutionDepthWise / InnerProduct
+    fp32_bytes: int
+    int8_bytes: int
+    # Checked on up to `check_images` calibration inputs: max |int8 - fp32| per output blob, and its fp32 range.
+    output_max_abs_diff: dict = field(default_factory=dict)
+    output_fp32_absmax: dict = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+    def summary(self) -> str:
+        quantized = sum(layer.quantized for layer in self.layers)
+        lines = [f'INT8 ({self.method}): {quantized}/{len(self.layers)} conv/fc layers quantized, '
+                 f'calibrated on {self.calib_images_used} images ({len(self.calib_images_skipped)} unreadable '
+                 f'skipped)',
+                 f'  size: {self.int8_bytes / 1024:.1f} KiB vs fp32 {self.fp32_bytes / 1024:.1f} KiB '
+                 f'({100 * self.size_ratio:.1f}%)']
+        for blob, diff in self.output_max_abs_diff.items():
+            lines.append(f'  output {blob}: max |int8 - fp32| = {diff:.4g} (fp32 max |x| {self.output_fp32_absmax[blob]:.4g})')
+        kept = [layer.name for layer in self.layers if not layer.quantized]
+        if kept:
+            lines.append(f'  kept fp32: {", ".join(kept)}')
+        return '\n'.join(lines)
+
+
+def _layer_scales(layer, weights: np.ndarray, input_scale: float) -> LayerScales:
+    rows = layer.int_param(7, 1) if layer.type == 'ConvolutionDepthWise' else layer.int_param(0, 0)
+    kernel_w = layer.int_param(1, 0)
+    kernel_3x3_s1 = (layer.type == 'Convolution' and kernel_w == 3 and layer.int_param(11, kernel_w) == 3
+                     and layer.int_param(3, 1) == 1 and layer.int_param(13, layer.int_param(3, 1)) == 1
+                     and layer.int_param(2, 1) == 1 and layer.int_param(12, layer.int_param(2, 1)) == 1)
+    return LayerScales(weight_scales(layer.type, weights, rows, kernel_3x3_s1), input_scale)
+
+
+def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: int, letterbox: bool,
+                  out_param, out_bin, method: str = 'kl', keep_fp32: tuple = (), pad_value: int = 114,
+                  check_images: int = 4) -> Int8Report:
+    """Calibrate the fp32 model `param_path/bin_path` on `calib_images` and write its INT8 version.
+
+    keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32.
+    Raises ValueError when no calibration image can be read, or a name in keep_fp32 is not such a layer.
+    """
+    model = read_ncnn_model(param_path, bin_path)
+    candidates = [layer for layer in model.layers if layer.type in QUANTIZABLE_TYPES and model.weights[layer.name]]
+    unknown = set(keep_fp32) - {layer.name for layer in candidates}
+    if unknown:
+        raise ValueError(f'{param_path}: keep_fp32 names no conv/fc layer: {", ".join(sorted(unknown))}')
+    to_quantize = [layer for layer in candidates if layer.name not in keep_fp32]
+
+    inputs, skipped = [], []
+    for path, chw in load_calibration_inputs(calib_images, width, height, letterbox, pad_value):
+        (skipped.append(str(path)) if chw is None else inputs.append(chw))
+    if not inputs:
+        raise ValueError(f'none of the {len(calib_images)} calibration images could be read')
+
+    blobs = sorted({layer.bottoms[0] for layer in to_quantize})
+    stats = collect_activation_stats(param_path, bin_path, model.input_blob, blobs, inputs, method) if blobs else {}
+    scales = {layer.name: _layer_scales(layer, model.weights[layer.name][0].values, stats[layer.bottoms[0]].scale)
+              for layer in to_quantize}
+    Path(out_param).parent.mkdir(parents=True, exist_ok=True)
+    write_int8_model(model, scales, out_param, out_bin)
+
+    layer_reports = []
+    for layer in candidates:
+        s = stats.get(layer.bottoms[0]) if layer.name in scales else None
+        layer_reports.append(LayerReport(layer.name, layer.type, s is not None, layer.bottoms[0],
+                                         *((s.absmax, s.threshold, s.scale) if s else ())))
+    report = Int8Report(method, len(inputs), skipped, layer_reports,
+                        Path(bin_path).stat().st_size, Path(out_bin).stat().st_size)
+    compare_outputs(report, model, (param_path, bin_path), (out_param, out_bin), inputs[:check_images])
+    return report
+
+
+def compare_outputs(report: Int8Report, model, fp32_files: tuple, int8_files: tuple, inputs: list) -> None:
+    """Run fp32 and INT8 on the same inputs; record per output blob the worst |difference| and the fp32 range."""
+    fp32_net, int8_net = load_ncnn_net(*fp32_files, int8=False), load_ncnn_net(*int8_files, int8=True)
+    outputs = model.output_blobs
+    for chw in inputs:
+        reference = run_blobs(fp32_net, model.input_blob, outputs, chw)
+        quantized = run_blobs(int8_net, model.input_blob, outputs, chw)
+        for blob in outputs:
+            diff = float(np.abs(reference[blob] - quantized[blob]).max())
+            report.output_max_abs_diff[blob] = max(report.output_max_abs_diff.get(blob, 0.0), diff)
+            absmax = float(np.abs(reference[blob]).max())
+            report.output_fp32_absmax[blob] = max(report.output_fp32_absmax.get(blob, 0.0), absmax)

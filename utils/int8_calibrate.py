@@ -1,0 +1,159 @@
+"""INT8 calibration for NCNN models: weight scales from the weights, activation scales from calibration images.
+
+Weights: one scale per output channel (per group for ConvolutionDepthWise), `127 / max|w|`, as ncnn2table does.
+A 3x3 stride-1 dilation-1 Convolution gets `31 / max|w|` (6 bits) because NCNN's INT8 Winograd F(4,3) kernel,
+which it picks for those layers, needs the headroom.
+
+Activations: the input blob of every quantized layer is run through fp32 NCNN on the calibration images. The
+'kl' method is NCNN's entropy calibration: a 2048-bin histogram of |x| over [0, absmax] (exact zeros left out,
+so post-ReLU blobs are not dominated by zeros); for every candidate threshold bin t in 128..2047 the clipped
+distribution P (bins beyond t added into bin t-1) is compared with Q, the first t bins merged into 128 levels and
+spread back; the t with the least KL(P||Q) wins and `scale = 127 / ((t + 0.5) * absmax / 2048)`.
+The 'minmax' method takes `scale = 127 / absmax`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from utils.preprocess import resize_image, to_input_tensor
+
+HISTOGRAM_BINS = 2048
+TARGET_BINS = 128
+KL_EPS = 1e-4           # NCNN adds this to every bin of both distributions so log() never sees 0
+
+
+def weight_scales(layer_type: str, weights: np.ndarray, num_rows: int, kernel_3x3_s1: bool = False) -> np.ndarray:
+    """Per-row scales; rows are output channels (Convolution, InnerProduct) or groups (ConvolutionDepthWise)."""
+    absmax = np.abs(weights.reshape(num_rows, -1)).max(axis=1)
+    levels = 31.0 if (layer_type == 'Convolution' and kernel_3x3_s1) else 127.0
+    # An all-zero channel would give an infinite scale; any finite scale quantizes it to zeros.
+    return np.where(absmax > 0, levels / np.maximum(absmax, 1e-30), 1.0).astype(np.float32)
+
+
+def load_calibration_inputs(image_paths: list, width: int, height: int, letterbox: bool, pad_value: int = 114):
+    """Yield (path, float32 CHW BGR 0..1) through the deployment pre-processing; unreadable paths are yielded
+    as (path, None) so the caller can count them."""
+    for path in image_paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            yield path, None
+            continue
+        resized, _ = resize_image(image, width, height, letterbox, pad_value)
+        yield path, to_input_tensor([resized])[0]
+
+
+def load_ncnn_net(param_path, bin_path, int8: bool = False):
+    """An ncnn.Net with fp16 storage and arithmetic off, so statistics and fp32-vs-INT8 comparisons see true
+    fp32 numbers, and INT8 inference on or off."""
+    import ncnn
+    net = ncnn.Net()
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.opt.use_int8_inference = int8
+    net.opt.num_threads = 1
+    if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
+        raise RuntimeError(f'ncnn could not load {param_path} / {bin_path}')
+    return net
+
+
+def run_blobs(net, input_blob: str, blobs: list, chw: np.ndarray) -> dict:
+    """Run one input through `net` and return the named blobs as float32 numpy arrays."""
+    import ncnn
+    extractor = net.create_extractor()
+    extractor.set_light_mode(False)       # keep every intermediate blob, so blobs can be extracted in any order
+    extractor.input(input_blob, ncnn.Mat(np.ascontiguousarray(chw, dtype=np.float32)))
+    out = {}
+    for blob in blobs:
+        ret, mat = extractor.extract(blob)
+        if ret != 0:
+            raise RuntimeError(f'ncnn could not extract blob "{blob}" (error {ret})')
+        out[blob] = np.array(mat)
+    return out
+
+
+@dataclass
+class BlobStats:
+    absmax: float
+    threshold: float
+    scale: float          # 127 / threshold: what NCNN multiplies the activations by before rounding
+
+
+def collect_activation_stats(param_path, bin_path, input_blob: str, blobs: list, inputs: list,
+                             method: str = 'kl') -> dict:
+    """Blob name -> BlobStats over `inputs` (float32 CHW arrays). Two passes, like ncnn2table: the first finds
+    each blob's absmax (which fixes the histogram range), the second fills the histograms."""
+    if method not in ('kl', 'minmax'):
+        raise ValueError(f'unknown calibration method "{method}" (use "kl" or "minmax")')
+    if not inputs:
+        raise ValueError('no calibration inputs')
+    net = load_ncnn_net(param_path, bin_path)
+    absmax = {blob: 0.0 for blob in blobs}
+    for chw in inputs:
+        for blob, values in run_blobs(net, input_blob, blobs, chw).items():
+            absmax[blob] = max(absmax[blob], float(np.abs(values).max()))
+    if method == 'minmax':
+        return {b: BlobStats(a, a, 127.0 / a if a > 0 else 1.0) for b, a in absmax.items()}
+
+    histograms = {blob: np.zeros(HISTOGRAM_BINS, np.int64) for blob in blobs}
+    for chw in inputs:
+        for blob, values in run_blobs(net, input_blob, blobs, chw).items():
+            if absmax[blob] == 0:
+                continue
+            magnitudes = np.abs(values[values != 0]).astype(np.float32)
+            index = np.minimum((magnitudes / np.float32(absmax[blob]) * HISTOGRAM_BINS).astype(np.int64),
+                               HISTOGRAM_BINS - 1)
+            histograms[blob] += np.bincount(index, minlength=HISTOGRAM_BINS)
+    stats = {}
+    for blob in blobs:
+        if absmax[blob] == 0 or histograms[blob].sum() == 0:
+            stats[blob] = BlobStats(0.0, 0.0, 1.0)      # a blob that is always zero: any scale is exact
+            continue
+        best_bin = kl_threshold_bin(histograms[blob])
+        threshold = (best_bin + 0.5) * absmax[blob] / HISTOGRAM_BINS
+        stats[blob] = BlobStats(absmax[blob], threshold, 127.0 / threshold)
+    return stats
+
+
+def kl_threshold_bin(histogram: np.ndarray) -> int:
+    """The threshold bin t (TARGET_BINS <= t < len(histogram)) minimising KL(P_t || Q_t), NCNN's definition.
+
+    Candidate thresholds are evaluated a block at a time as rows of 2-D arrays. Q is built from a piecewise-
+    linear cumulative histogram, which is what NCNN's partial-bin bookkeeping amounts to: a level spanning bins
+    [start, end) gets the histogram mass in that span (fractions of the edge bins included) divided by its
+    width, and spreading back gives each source bin the level densities times its overlap with each level.
+    """
+    h = histogram.astype(np.float64) / histogram.sum()
+    cum_h = np.concatenate([[0.0], np.cumsum(h)])                   # cum_h[k] = mass of bins [0, k)
+    kl = np.concatenate([_kl_block(h, cum_h, np.arange(first, min(first + 128, len(h))))
+                         for first in range(TARGET_BINS, len(h), 128)])
+    return int(TARGET_BINS + np.argmin(kl))
+
+
+def _kl_block(h: np.ndarray, cum_h: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """KL(P_t || Q_t) for each t in `thresholds` (ascending); only bins below the largest t are touched."""
+    bins = int(thresholds[-1])
+    rows = np.arange(len(thresholds))[:, None]
+    width = (thresholds / TARGET_BINS)[:, None]                      # source bins per level, >= 1
+
+    def mass_below(x):                                               # histogram mass in [0, x), x < len(h)
+        k = np.floor(x).astype(np.int64)
+        return cum_h[k] + (x - k) * h[np.minimum(k, len(h) - 1)]
+
+    edges = width * np.arange(TARGET_BINS + 1)[None, :]              # (T, 129) level edges, in bins
+    level_mass = np.diff(mass_below(edges), axis=1)                  # (T, 128)
+    level_density = level_mass / width
+    cum_level = np.concatenate([np.zeros((len(thresholds), 1)), np.cumsum(level_mass, axis=1)], axis=1)
+
+    def expanded_below(x):                                           # integral of the level density on [0, x)
+        u = x / width
+        j = np.minimum(np.floor(u).astype(np.int64), TARGET_BINS)
+        return cum_level[rows, j] + (u - j) * width * level_density[rows, np.minimum(j, TARGET_BINS - 1)]
+
+    k = np.arange(bins, dtype=np.float64)[None, :]
+    t = thresholds[:, None]
+    expand = KL_EPS + expanded_below(np.minimum(k + 1, t)) - expanded_below(np.minimum(k, t))
+    clip = KL_EPS + np.broadcast_to(h[:bins], (len(thresholds), bins)).copy()
+    clip[rows[:, 0], thresholds - 1] += 1.0 - cum_h[thresholds]      # mass at or beyond bin t joins bin t-1
+    return np.where(k < t, clip * np.log(clip / expand), 0.0).sum(axis=1)
