@@ -1,0 +1,93 @@
+"""Export a trained model to ONNX and NCNN, then check every backend against PyTorch on a real image.
+
+    python3 pytorch2onnx.py --data data/coco.data --weights weights/coco/best.pth
+
+writes model.onnx (simplified), model.param / model.bin (NCNN, fp32) and model.json (what the C++ app reads),
+then prints max and mean |diff| of each output for onnxruntime, OpenCV DNN and NCNN against PyTorch, and whether
+the detections are the same. Exits non-zero when a check fails. Input size, classes and anchors come from the .data.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from model.build import build_model
+from model.weights import load_weights
+from utils.config import ConfigError, load_config
+from utils.export import (DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, ExportError, check_export, export_all)
+from utils.preprocess import resize_image, to_input_tensor
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / 'shared' / 'images' / 'bus.jpg'
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', required=True, help='the .data file the model was trained with')
+    parser.add_argument('--weights', required=True, help='a training checkpoint or a released .pth state_dict')
+    parser.add_argument('--output', default='model.onnx', help='ONNX path; NCNN files go beside it (same stem)')
+    parser.add_argument('--opset', type=int, default=11, help='ONNX opset (default 11)')
+    parser.add_argument('--no-simplify', action='store_true', help='skip onnxsim')
+    parser.add_argument('--no-ncnn', action='store_true', help='ONNX only: no .param/.bin/.json')
+    parser.add_argument('--image', help=f'image for the numeric check (default {DEFAULT_IMAGE} if present, '
+                                        'else a generated one)')
+    parser.add_argument('--conf-thresh', type=float, default=DEFAULT_CONF_THRESH,
+                        help='score threshold written to the sidecar and used by the detection check')
+    parser.add_argument('--nms-iou', type=float, default=DEFAULT_NMS_IOU, help='NMS IoU written to the sidecar')
+    return parser.parse_args()
+
+
+def generated_image(width: int = 640, height: int = 480) -> np.ndarray:
+    """A fixed synthetic scene (gradient, shapes, noise) for when no real image is at hand."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:] = np.linspace(40, 200, width, dtype=np.uint8)[None, :, None]
+    for _ in range(12):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.rectangle(image, (x, y), (x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))), color, -1)
+    return cv2.add(image, rng.integers(0, 20, image.shape, dtype=np.uint8))
+
+
+def load_check_image(path) -> tuple[np.ndarray, str]:
+    if path is not None:
+        image = cv2.imread(str(path))
+        if image is None:
+            raise SystemExit(f'error: {path}: cannot read this image')
+        return image, str(path)
+    if DEFAULT_IMAGE.is_file():
+        return cv2.imread(str(DEFAULT_IMAGE)), str(DEFAULT_IMAGE)
+    return generated_image(), 'a generated image'
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(args.data)
+    except ConfigError as error:
+        raise SystemExit(f'error: {error}')
+    model = build_model(cfg)
+    load_weights(model, args.weights)
+    image, image_name = load_check_image(args.image)
+    resized, _ = resize_image(image, cfg.width, cfg.height, cfg.letterbox)
+    batch = to_input_tensor([resized])
+
+    try:
+        paths = export_all(model, cfg, args.output, opset=args.opset, simplify=not args.no_simplify,
+                           ncnn=not args.no_ncnn, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
+    except ExportError as error:
+        raise SystemExit(f'error: {error}')
+    for kind, path in paths.items():
+        print(f'wrote {kind:5s} {path}')
+    print(f'checking against PyTorch on {image_name} ({cfg.width}x{cfg.height}):')
+    report = check_export(model, paths, batch, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
+    print(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

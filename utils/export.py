@@ -1,0 +1,284 @@
+"""Export a trained detector for deployment: ONNX (simplified) -> NCNN (.param/.bin) + the sidecar JSON.
+
+The road (then `check_export` below runs every backend on one image and compares them with PyTorch):
+    Detector with .export = True  --torch.onnx.export (TorchScript exporter)-->  X.onnx  --onnxsim-->  X.onnx
+    X.onnx  --pnnx fp16=0-->  X.param / X.bin   (+ X.json: input size, blob names, anchors, classes)
+
+Why the TorchScript ("legacy", dynamo=False) exporter: torch 2.13 defaults to the torch.export-based one, which
+needs onnxscript and emits opset 18 graphs; the TorchScript exporter at opset 11 gives the plain Conv / Concat /
+Transpose / Softmax graph that onnxsim, pnnx and OpenCV's DNN all read (it is what Yolo-FastestV2 itself used).
+
+Why fp16=0 for pnnx: pnnx stores weights as fp16 by default, which alone moves outputs by ~1e-3; fp16=0 keeps
+the fp32 weights bit-exact so NCNN matches PyTorch to ~1e-5 and a quantizer starts from the true weights.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from utils.ncnn_runtime import sidecar_path
+
+# Detection thresholds written into the sidecar for the C++ app (Yolo-FastestV2's demo values).
+DEFAULT_CONF_THRESH = 0.3
+DEFAULT_NMS_IOU = 0.4
+INPUT_NAME = 'in0'   # the names pnnx gives, used in the ONNX too so every backend speaks of the same blobs
+
+
+class ExportError(RuntimeError):
+    """A step of the export failed; the message says which step and why."""
+
+
+def output_names(num_outputs: int) -> list[str]:
+    return [f'out{i}' for i in range(num_outputs)]
+
+
+def pnnx_executable() -> Path:
+    """pnnx is a binary installed beside the Python interpreter by the `pnnx` wheel."""
+    candidate = Path(sys.executable).parent / 'pnnx'
+    if candidate.is_file():
+        return candidate
+    found = shutil.which('pnnx')
+    if found is None:
+        raise ExportError('pnnx not found: install it with `pip install pnnx` (after torch==2.13.0, see Makefile)')
+    return Path(found)
+
+
+def export_onnx(model: torch.nn.Module, onnx_path, width: int, height: int, opset: int = 11,
+                simplify: bool = True) -> Path:
+    """Write the model's deployment graph (one NHWC output per scale, stride order) to `onnx_path`."""
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    model.export = True
+    dummy = torch.rand(1, 3, height, width)   # float 0..1 BGR: the deployment input
+    with torch.no_grad():
+        num_outputs = len(model(dummy))
+    with warnings.catch_warnings():
+        # The exporter warns that it is the legacy one; that choice is deliberate (see the module docstring).
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(model, (dummy,), str(onnx_path), opset_version=opset, dynamo=False,
+                          input_names=[INPUT_NAME], output_names=output_names(num_outputs),
+                          do_constant_folding=True)
+    graph = onnx.load(str(onnx_path))
+    onnx.checker.check_model(graph)
+    if simplify:
+        import onnxsim
+        simplified, ok = onnxsim.simplify(graph)
+        if not ok:
+            raise ExportError(f'{onnx_path}: onnxsim could not validate the simplified graph')
+        onnx.save(simplified, str(onnx_path))
+    return onnx_path
+
+
+def convert_to_ncnn(onnx_path, width: int, height: int) -> tuple[Path, Path]:
+    """ONNX -> `X.param` / `X.bin` beside it (pnnx, fp32 weights). pnnx's other files are left in a temp folder."""
+    onnx_path = Path(onnx_path)
+    param_path, bin_path = onnx_path.with_suffix('.param'), onnx_path.with_suffix('.bin')
+    with tempfile.TemporaryDirectory(prefix='pnnx_') as work:
+        # pnnx writes ~7 files beside its input (x.pnnx.*, x_pnnx.py, x.ncnn.*, x_ncnn.py, x.pnnxsim.onnx): work
+        # on a copy in a temp folder and keep only the two NCNN files.
+        work_onnx = Path(work) / 'model.onnx'
+        shutil.copyfile(onnx_path, work_onnx)
+        command = [str(pnnx_executable()), str(work_onnx), f'inputshape=[1,3,{height},{width}]', 'fp16=0']
+        result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+        produced = [Path(work) / 'model.ncnn.param', Path(work) / 'model.ncnn.bin']
+        if result.returncode != 0 or not all(p.is_file() for p in produced):
+            log = (result.stdout + result.stderr)[-3000:]
+            raise ExportError(f'pnnx failed on {onnx_path} (exit {result.returncode}):\n{log}')
+        shutil.move(produced[0], param_path)
+        shutil.move(produced[1], bin_path)
+    return param_path, bin_path
+
+
+def ncnn_blob_names(param_path) -> tuple[str, list[str]]:
+    """(input blob, output blobs) of a pnnx-written .param: the Input layer's top and blobs named outN."""
+    lines = Path(param_path).read_text().splitlines()
+    input_blob, outputs = None, []
+    for line in lines[2:]:
+        fields = line.split()
+        if not fields:
+            continue
+        num_inputs, num_outputs = int(fields[2]), int(fields[3])
+        tops = fields[4 + num_inputs:4 + num_inputs + num_outputs]
+        if fields[0] == 'Input':
+            input_blob = tops[0]
+        outputs += [top for top in tops if top.startswith('out') and top[3:].isdigit()]
+    if input_blob is None or not outputs:
+        raise ExportError(f'{param_path}: no Input layer or no outN blobs found')
+    return input_blob, sorted(outputs, key=lambda name: int(name[3:]))
+
+
+def write_sidecar(param_path, spec, class_names, letterbox: bool, pad_value: int = 114,
+                  conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU) -> Path:
+    """`X.json` beside `X.param`: everything the C++ app needs to feed the net and decode its outputs."""
+    input_blob, output_blobs = ncnn_blob_names(param_path)
+    if len(output_blobs) != len(spec.strides):
+        raise ExportError(f'{param_path}: {len(output_blobs)} output blobs for {len(spec.strides)} strides')
+    sidecar = {
+        'input_width': spec.input_width, 'input_height': spec.input_height,
+        'letterbox': bool(letterbox), 'pad_value': pad_value, 'channel_order': 'bgr', 'scale': 1 / 255,
+        'input_blob': input_blob, 'output_blobs': output_blobs,
+        'head': spec.kind, 'strides': list(spec.strides),
+        'anchors_px': [[list(wh) for wh in scale] for scale in spec.anchors_px],
+        'num_classes': spec.num_classes, 'class_names': list(class_names),
+        'conf_thresh': conf_thresh, 'nms_iou': nms_iou,
+    }
+    path = sidecar_path(param_path)
+    # one key per line, values compact: easy to read and to diff
+    lines = [f' "{key}": {json.dumps(value)}' for key, value in sidecar.items()]
+    path.write_text('{\n' + ',\n'.join(lines) + '\n}\n')
+    return path
+
+
+def export_all(model, cfg, onnx_path, opset: int = 11, simplify: bool = True, ncnn: bool = True,
+               conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU) -> dict:
+    """The whole road for one model and its Config. Returns {'onnx': path, 'param': ..., 'bin': ..., 'json': ...}."""
+    paths = {'onnx': export_onnx(model, onnx_path, cfg.width, cfg.height, opset=opset, simplify=simplify)}
+    if ncnn:
+        paths['param'], paths['bin'] = convert_to_ncnn(paths['onnx'], cfg.width, cfg.height)
+        paths['json'] = write_sidecar(paths['param'], model.spec, cfg.class_names, cfg.letterbox,
+                                      conf_thresh=conf_thresh, nms_iou=nms_iou)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checking an export: every backend on the same real image, compared with PyTorch output by output.
+
+# max |diff| allowed against PyTorch. ONNX backends compute the same fp32 graph; NCNN reorders sums (packing,
+# im2col/sgemm, winograd), so it gets more room. Measured values are in the README.
+TOLERANCES = {'onnxruntime': 1e-4, 'opencv': 1e-4, 'ncnn': 1e-4}
+
+
+def run_torch(model, batch_nchw: np.ndarray) -> list[np.ndarray]:
+    model.eval()
+    model.export = True
+    with torch.no_grad():
+        return [out.numpy() for out in model(torch.from_numpy(batch_nchw))]
+
+
+def run_onnxruntime(onnx_path, batch_nchw: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3   # silence the CPU-vendor warning on this machine
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+    return session.run(None, {session.get_inputs()[0].name: batch_nchw})
+
+
+def run_opencv(onnx_path, batch_nchw: np.ndarray) -> list[np.ndarray]:
+    import cv2
+    net = cv2.dnn.readNetFromONNX(str(onnx_path))
+    net.setInput(batch_nchw)
+    names = [output.name for output in onnx.load(str(onnx_path)).graph.output]
+    return list(net.forward(names))
+
+
+def run_ncnn(param_path, batch_nchw: np.ndarray) -> list[np.ndarray]:
+    from utils.ncnn_runtime import NcnnRuntime
+    return NcnnRuntime(param_path, num_threads=1)(batch_nchw)
+
+
+class OutputDiff:
+    """How far one backend's output is from PyTorch's."""
+
+    def __init__(self, backend: str, index: int, reference: np.ndarray, output: np.ndarray):
+        self.backend, self.index, self.shape = backend, index, tuple(output.shape)
+        if output.shape != reference.shape:
+            self.max_abs = self.mean_abs = float('inf')
+            self.problem = f'shape {output.shape} != PyTorch {reference.shape}'
+        else:
+            diff = np.abs(output.astype(np.float64) - reference)
+            self.max_abs, self.mean_abs = float(diff.max()), float(diff.mean())
+            self.problem = '' if self.max_abs <= TOLERANCES[backend] else \
+                f'max |diff| {self.max_abs:.2e} > tolerance {TOLERANCES[backend]:.0e}'
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+    def line(self) -> str:
+        verdict = 'ok' if self.ok else 'FAIL: ' + self.problem
+        return (f'{self.backend:12s} out{self.index} {str(self.shape):18s} max |diff| {self.max_abs:.2e}  '
+                f'mean |diff| {self.mean_abs:.2e}  {verdict}')
+
+
+def detections(outputs_nhwc: list[np.ndarray], spec, conf_thresh: float, nms_iou: float) -> np.ndarray:
+    """The first image's detections (M, 6) [x1, y1, x2, y2, score, class], through the project's one decode + NMS."""
+    from utils.postprocess import postprocess
+    return postprocess([np.asarray(o) for o in outputs_nhwc], spec, conf_thresh, nms_iou)[0]
+
+
+def same_detections(reference: np.ndarray, other: np.ndarray, box_tol_px: float = 1.0,
+                    score_tol: float = 1e-2) -> str:
+    """'' when both lists hold the same objects (same classes, boxes within box_tol_px), else what differs."""
+    if len(reference) != len(other):
+        return f'{len(other)} detections, PyTorch has {len(reference)}'
+    order_ref = np.lexsort((reference[:, 0], reference[:, 5]))
+    order_other = np.lexsort((other[:, 0], other[:, 5]))
+    reference, other = reference[order_ref], other[order_other]
+    if not np.array_equal(reference[:, 5], other[:, 5]):
+        return 'different classes detected'
+    box_diff = np.abs(reference[:, :4] - other[:, :4]).max(initial=0.0)
+    score_diff = np.abs(reference[:, 4] - other[:, 4]).max(initial=0.0)
+    if box_diff > box_tol_px or score_diff > score_tol:
+        return f'boxes differ by {box_diff:.2f} px, scores by {score_diff:.3f}'
+    return ''
+
+
+class CheckReport:
+    def __init__(self):
+        self.diffs: list[OutputDiff] = []
+        self.detection_lines: list[str] = []
+        self.problems: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        lines = [diff.line() for diff in self.diffs] + self.detection_lines
+        return '\n'.join(lines + [f'FAIL: {p}' for p in self.problems] + ['export check: ' + ('ok' if self.ok else
+                                                                                             'FAILED')])
+
+
+def check_export(model, paths: dict, batch_nchw: np.ndarray, conf_thresh: float = DEFAULT_CONF_THRESH,
+                 nms_iou: float = DEFAULT_NMS_IOU, backends=('onnxruntime', 'opencv', 'ncnn')) -> CheckReport:
+    """Run PyTorch and each exported backend on `batch_nchw` (1 image); compare outputs and detections."""
+    runners = {'onnxruntime': lambda: run_onnxruntime(paths['onnx'], batch_nchw),
+               'opencv': lambda: run_opencv(paths['onnx'], batch_nchw),
+               'ncnn': lambda: run_ncnn(paths['param'], batch_nchw)}
+    report = CheckReport()
+    reference = run_torch(model, batch_nchw)
+    reference_dets = detections(reference, model.spec, conf_thresh, nms_iou)
+    report.detection_lines.append(f'{"pytorch":12s} {len(reference_dets)} detections at conf {conf_thresh}')
+    for backend in backends:
+        if backend == 'ncnn' and 'param' not in paths:
+            continue
+        try:
+            outputs = runners[backend]()
+        except Exception as error:   # a backend that cannot load or run the model is a failed check, not a crash
+            report.problems.append(f'{backend} could not run the export: {type(error).__name__}: {error}')
+            continue
+        if len(outputs) != len(reference):
+            report.problems.append(f'{backend} gives {len(outputs)} outputs, PyTorch {len(reference)}')
+            continue
+        for index, (ref, out) in enumerate(zip(reference, outputs)):
+            diff = OutputDiff(backend, index, ref, np.asarray(out))
+            report.diffs.append(diff)
+            if not diff.ok:
+                report.problems.append(f'{backend} out{index}: {diff.problem}')
+        if all(np.asarray(o).shape == r.shape for o, r in zip(outputs, reference)):
+            difference = same_detections(reference_dets, detections(outputs, model.spec, conf_thresh, nms_iou))
+            report.detection_lines.append(f'{backend:12s} detections: ' + ('identical' if not difference
+                                                                           else 'DIFFER: ' + difference))
+            if difference:
+                report.problems.append(f'{backend} detections differ from PyTorch: {difference}')
+    return report
