@@ -1,0 +1,371 @@
+"""Darknet-format datasets: find each image's label file, check every label line once, cache the result.
+
+A split (the .data keys `train`, `val`) is a list file of image paths (absolute, or relative to the list file; blank
+lines, CRLF and Windows separators are fine) or a folder of images (searched recursively).
+
+A label file `x.txt` holds one box per line, `class cx cy w h`, normalised to 0..1. It is looked up in Darknet's
+mirror layout first (the last `images` or `JPEGImages` folder in the path replaced by `labels`), then beside the
+image (`x.jpg` -> `x.txt`). Only the extension changes, so folder names with dots work. No label file, or an empty
+one, means a background image (no objects).
+
+An image whose label file breaks a rule, or that is missing or not an image, is left out of the split and reported
+with `file:line` and the rule; `strict_labels = 1` in the .data turns any such problem into a `DatasetError`.
+
+Checking images: at check time only the file's first bytes are read (the signature of a JPEG, PNG, BMP, TIFF, WebP,
+PNM or JPEG 2000 file; files with another signature are decoded once with OpenCV). Decoding every image would cost
+about 10 ms each, 15 minutes for COCO's 118k images on one core, to catch the rare truncated file, which OpenCV
+decodes partially anyway. An image that passes the check and still fails to decode raises a `DatasetError` naming
+it when it is read.
+
+The results are cached in `<list file>.cache` (for a folder: `<folder>.cache` beside it), keyed by each image's path,
+and the size and modification time of the image and of its label file, so only changed files are checked again.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utils.preprocess import resize_image
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.pbm', '.pgm', '.ppm',
+                  '.pnm', '.jp2')
+MIRROR_FOLDERS = ('images', 'JPEGImages')   # Darknet's layout: .../images/a/x.jpg -> .../labels/a/x.txt
+COORD_TOLERANCE = 1e-3                       # converters' rounding overshoot we clip instead of rejecting
+CACHE_VERSION = 1
+REASONS_SHOWN = 5                            # how many problems the printed summary lists
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given. The message names the file (and line) at fault."""
+
+
+@dataclass
+class Split:
+    """The usable images of one split and their checked labels."""
+    name: str                      # 'train' or 'val'
+    source: Path                   # the list file or image folder
+    image_paths: list              # Path of each usable image
+    labels: list                   # per image: float32 (n, 5) [class, cx, cy, w, h], normalised; (0, 5) = background
+    left_out: list = field(default_factory=list)   # 'file[:line]: reason' for each image left out
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def num_boxes(self) -> int:
+        return sum(len(labels) for labels in self.labels)
+
+    @property
+    def num_backgrounds(self) -> int:
+        return sum(len(labels) == 0 for labels in self.labels)
+
+    def summary(self) -> str:
+        text = (f'{self.name}: {self.source}: {len(self)} images, {self.num_boxes} boxes, '
+                f'{self.num_backgrounds} backgrounds, {len(self.left_out)} left out')
+        for reason in self.left_out[:REASONS_SHOWN]:
+            text += f'\n  left out: {reason}'
+        if len(self.left_out) > REASONS_SHOWN:
+            text += f'\n  ... and {len(self.left_out) - REASONS_SHOWN} more'
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------------- finding
+
+def list_images(source: Path) -> list:
+    """The image paths of a split: the lines of a list file, or the images in a folder (sorted, recursive)."""
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise DatasetError(f'{source}: folder holds no images ({", ".join(IMAGE_SUFFIXES)})')
+        return paths
+    if not source.is_file():
+        raise DatasetError(f'{source}: list file or image folder not found')
+    try:
+        text = source.read_text(encoding='utf-8-sig')
+    except UnicodeDecodeError:
+        raise DatasetError(f'{source}: not a text file (a list file holds one image path a line)') from None
+    folder = source.resolve().parent
+    paths = [_resolve_listed(line.strip(), folder) for line in text.splitlines() if line.strip()]
+    if not paths:
+        raise DatasetError(f'{source}: list file holds no image paths')
+    return paths
+
+
+def _resolve_listed(text: str, list_folder: Path) -> Path:
+    # Relative paths are relative to the list file; Darknet's own lists are written relative to the folder darknet
+    # runs in, so a path found from the working folder (and not beside the list) is taken from there.
+    path = Path(os.path.expanduser(text.replace('\\', '/')))
+    if path.is_absolute():
+        return path
+    beside = list_folder / path
+    if not beside.exists() and path.exists():
+        return path.resolve()
+    return beside
+
+
+def label_candidates(image_path: Path) -> list:
+    """Where an image's label file may be, in the order we look: Darknet's mirror layout, then beside the image."""
+    image_path = Path(image_path)
+    candidates = []
+    parts = image_path.parts
+    for i in range(len(parts) - 2, -1, -1):   # the last matching folder, never the file name itself
+        if parts[i] in MIRROR_FOLDERS:
+            candidates.append(Path(*parts[:i], 'labels', *parts[i + 1:]).with_suffix('.txt'))
+            break
+    candidates.append(image_path.with_suffix('.txt'))
+    return candidates
+
+
+# --------------------------------------------------------------------------------------------------------- checking
+
+def parse_labels(text: str, classes: int | None) -> tuple[np.ndarray, str | None]:
+    """Check the text of one label file. Returns (float32 (n, 5) labels, None) or (empty, 'line N: what is wrong').
+
+    `classes` None skips the class-range rule (genanchors reads labels without a .data file).
+    """
+    rows, line_numbers = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            return _no_labels(), f'{number}: expected 5 fields "class cx cy w h", got {len(fields)}: "{line.strip()[:60]}"'
+        try:
+            rows.append([float(value) for value in fields])
+        except ValueError:
+            bad = next(value for value in fields if not _is_number(value))
+            return _no_labels(), f'{number}: "{bad}" is not a number'
+        line_numbers.append(number)
+    if not rows:
+        return _no_labels(), None
+    labels = np.array(rows, dtype=np.float64)
+    cls, centres, sizes = labels[:, 0], labels[:, 1:3], labels[:, 3:5]
+    rules = [
+        (~np.isfinite(labels).all(1), 'values must be finite (got nan or inf)'),
+        (cls != np.round(cls), 'class must be an integer'),
+        ((cls < 0) | (cls >= classes) if classes is not None else np.zeros(len(cls), bool),
+         f'class must be in [0, {classes}) (classes = {classes} in the .data)'),
+        (((sizes <= 0) | (sizes > 1 + COORD_TOLERANCE)).any(1), 'width and height must be in (0, 1]'),
+        (((centres < -COORD_TOLERANCE) | (centres > 1 + COORD_TOLERANCE)).any(1), 'centre must be in [0, 1]'),
+    ]
+    for broken, rule in rules:   # report the first line that breaks a rule, rules in the order above
+        if broken.any():
+            row = int(np.argmax(broken))
+            values = ' '.join(f'{v:g}' for v in labels[row])
+            return _no_labels(), f'{line_numbers[row]}: {rule}: "{values}"'
+    labels[:, 1:3] = centres.clip(0, 1)
+    labels[:, 3:5] = sizes.clip(0, 1)
+    return labels.astype(np.float32), None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros((0, 5), dtype=np.float32)
+
+
+# First bytes of the formats OpenCV reads; anything else is decoded once to find out.
+_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'II*\x00', b'MM\x00*', b'\x00\x00\x00\x0cjP  \r\n',
+               b'\xff\x4f\xff\x51') + tuple(b'P%d' % n for n in range(1, 8))
+
+
+def image_problem(path: Path) -> str | None:
+    """None if the file looks like an image OpenCV reads, else what is wrong (see the module docstring for why)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return 'image file not found'
+    except OSError as error:
+        return f'image cannot be read ({error.strerror})'
+    if not head:
+        return 'image file is empty'
+    if head.startswith(_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'):
+        return None
+    if cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8) is None:
+        return f'not an image OpenCV can decode (file starts with {head[:8]!r})'
+    return None
+
+
+def _check_one(image_path: Path, label_path: Path | None, classes: int | None) -> tuple[np.ndarray, str | None]:
+    """Check one image and its label file. Returns (labels, None) or (empty, 'file[:line]: reason')."""
+    problem = image_problem(image_path)
+    if problem:
+        return _no_labels(), f'{image_path}: {problem}'
+    if label_path is None:
+        return _no_labels(), None
+    try:
+        text = label_path.read_bytes().decode('utf-8-sig')
+    except UnicodeDecodeError:
+        return _no_labels(), f'{label_path}: label file is not UTF-8 text'
+    except OSError as error:
+        return _no_labels(), f'{label_path}: label file cannot be read ({error.strerror})'
+    labels, problem = parse_labels(text, classes)
+    return labels, (f'{label_path}:{problem}' if problem else None)
+
+
+def _signature(image_path: Path) -> tuple[Path | None, tuple]:
+    """(label path or None, (image size, image mtime, which label, label size, label mtime)) for the cache key."""
+    try:
+        st = os.stat(image_path)
+        image_key = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        image_key = (-1, -1)
+    for which, candidate in enumerate(label_candidates(image_path)):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        return candidate, (*image_key, which, st.st_size, st.st_mtime_ns)
+    return None, (*image_key, -1, -1, -1)
+
+
+# ------------------------------------------------------------------------------------------------------------ cache
+
+def cache_path_for(source: Path) -> Path:
+    """`train.txt` -> `train.txt.cache`; a folder `images/train2017` -> `images/train2017.cache`."""
+    source = Path(source)
+    return source.parent / (source.name + '.cache')
+
+
+def _read_cache(path: Path, classes: int | None) -> dict:
+    """{image path text: (signature, labels, problem or None)} from a cache file; {} if absent, stale or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if int(saved['version']) != CACHE_VERSION or int(saved['classes']) != (classes or -1):
+                return {}   # another class count changes which lines are valid: check everything again
+            paths = _unjoin(saved['paths'])
+            problems = _unjoin(saved['problems'])
+            signatures = saved['signatures'].tolist()
+            boxes = np.split(saved['boxes'], np.cumsum(saved['counts'])[:-1])
+    except (OSError, KeyError, ValueError, EOFError):
+        return {}
+    if not (len(paths) == len(problems) == len(signatures) == len(boxes)):
+        return {}
+    return {p: (tuple(s), b, q or None) for p, s, b, q in zip(paths, signatures, boxes, problems)}
+
+
+def _write_cache(path: Path, classes: int | None, entries: list) -> str:
+    """Write the cache atomically. Returns a note for the summary."""
+    folder = path.parent
+    # Root may write anywhere, so a folder with no write bit at all is taken as a request to leave it alone.
+    if not os.access(folder, os.W_OK) or not os.stat(folder).st_mode & 0o222:
+        return f'cache not written: {folder} is not writable'
+    if any('\n' in str(e[0]) for e in entries):
+        return 'cache not written: an image path holds a newline'
+    temporary = path.with_name(path.name + '.tmp')
+    try:
+        with open(temporary, 'wb') as f:
+            np.savez(f, version=np.array(CACHE_VERSION), classes=np.array(classes or -1),
+                     paths=_join([str(e[0]) for e in entries]), problems=_join([e[3] or '' for e in entries]),
+                     signatures=np.array([e[1] for e in entries], dtype=np.int64).reshape(-1, 5),
+                     counts=np.array([len(e[2]) for e in entries], dtype=np.int64),
+                     boxes=np.concatenate([e[2] for e in entries]).reshape(-1, 5).astype(np.float32))
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        return f'cache not written: {path}: {error.strerror}'
+    return f'cache written: {path}'
+
+
+def _join(texts: list) -> np.ndarray:
+    return np.frombuffer('\n'.join(texts).encode('utf-8'), dtype=np.uint8)
+
+
+def _unjoin(array: np.ndarray) -> list:
+    return array.tobytes().decode('utf-8').split('\n')
+
+
+# ------------------------------------------------------------------------------------------------------------ split
+
+def check_split(source: Path, classes: int | None, strict: bool = False, name: str = 'split',
+                use_cache: bool = True, verbose: bool = True) -> Split:
+    """List, check (or take from the cache) and report the images of one split."""
+    source = Path(source)
+    image_paths = list_images(source)
+    cache_file = cache_path_for(source)
+    cached = _read_cache(cache_file, classes) if use_cache else {}
+    entries, reused = [], 0   # entries: (image path, signature, labels, problem or None)
+    for image_path in image_paths:
+        label_path, signature = _signature(image_path)
+        hit = cached.get(str(image_path))
+        if hit is not None and hit[0] == signature:
+            labels, problem = hit[1], hit[2]
+            reused += 1
+        else:
+            labels, problem = _check_one(image_path, label_path, classes)
+        entries.append((image_path, signature, labels, problem))
+
+    cache_note = ''
+    if use_cache and (reused < len(entries) or len(cached) != len(entries)):
+        cache_note = _write_cache(cache_file, classes, entries)
+    elif use_cache:
+        cache_note = f'all {reused} from cache {cache_file}'
+
+    split = Split(name, source, [e[0] for e in entries if e[3] is None], [e[2] for e in entries if e[3] is None],
+                  [e[3] for e in entries if e[3] is not None])
+    if verbose:
+        print(split.summary() + (f'\n  {cache_note}' if cache_note else ''), flush=True)
+    if split.left_out and strict:
+        shown = '\n  '.join(split.left_out[:10])
+        raise DatasetError(f'{source}: {len(split.left_out)} of {len(entries)} images have problems '
+                           f'(strict_labels is on):\n  {shown}')
+    if not split.image_paths:
+        shown = '\n  '.join(split.left_out[:REASONS_SHOWN])
+        raise DatasetError(f'{source}: no usable image ({len(entries)} listed, all left out):\n  {shown}')
+    return split
+
+
+def load_split(cfg, which: str, verbose: bool = True) -> Split:
+    """The checked `train` or `val` split of a Config (see utils/config.py)."""
+    if which not in ('train', 'val'):
+        raise ValueError(f'split must be "train" or "val", got "{which}"')
+    source = getattr(cfg, which)
+    try:
+        return check_split(source, cfg.classes, cfg.strict_labels, which, verbose=verbose)
+    except DatasetError as error:
+        raise DatasetError(f'{error}\n  (split "{which}" from {cfg.where(which)})') from None
+
+
+def read_image(path) -> np.ndarray:
+    """Any image OpenCV reads as (H, W, 3) uint8 BGR: grey, alpha (dropped) and 16-bit images are converted."""
+    # IMREAD_COLOR does all three conversions (16-bit by taking the high byte) and applies EXIF orientation,
+    # as Yolo-FastestV2's cv2.imread does.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        why = 'file not found' if not Path(path).exists() else 'OpenCV cannot decode it'
+        raise DatasetError(f'{path}: image cannot be read ({why})')
+    return image
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Images of a split resized for the network, for evaluation: yields (uint8 CHW BGR tensor, ResizeInfo, index)."""
+
+    def __init__(self, split: Split, cfg):
+        self.split = split
+        self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        image, info = resize_image(read_image(self.split.image_paths[index]), self.width, self.height, self.letterbox)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), info, index
+
+
+def collate_eval(batch: list):
+    """EvalDataset items -> (uint8 NCHW tensor, list of ResizeInfo, list of split indices)."""
+    images, infos, indices = zip(*batch)
+    return torch.stack(images), list(infos), list(indices)
