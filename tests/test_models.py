@@ -151,3 +151,72 @@ def test_strides_disagreeing_with_the_config_table_fail(monkeypatch):
     monkeypatch.setitem(utils.config.MODEL_STRIDES, 'yolo-fastestv2', (8, 16))
     with pytest.raises(ValueError, match=r'gives strides \(16, 32\).*\(8, 16\)'):
         build_model(make_cfg(anchors=YFV2_COCO_ANCHORS_352), log=lambda *_: None)
+
+
+# ---- model/summary.py ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('model_name,head', VARIANTS)
+def test_summary_macs_agree_with_torch_flop_counter(model_name, head):
+    """Our Conv2d hooks against torch's own operator-level counter (which counts 2 FLOPs per conv MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from model.summary import summarize
+    if model_name.startswith('leyolo') and not has_module('model.leyolo'):
+        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
+    if head == 'leyolo' and not has_module('model.leyolo_head'):
+        pytest.skip('model/leyolo_head.py has not landed yet (LeYOLO engineer)')
+    width, height = 416, 320
+    model = build_model(make_cfg(model_name, head, width, height), log=lambda *_: None).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, height, width))
+    summary = summarize(model, width, height)
+    assert summary['flops'] == 2 * summary['macs'] == counter.get_total_flops()
+    assert summary['macs'] == sum(summary['macs_by_part'].values())
+
+
+def test_summary_params_of_yolo_fastestv2_equal_the_released_file():
+    from model.summary import summarize
+    release = torch.load(shared_path(RELEASE), map_location='cpu', weights_only=True)
+    # learnable tensors only: BatchNorm running statistics are buffers
+    learnable = sum(v.numel() for k, v in release.items() if not k.endswith(('running_mean', 'running_var',
+                                                                             'num_batches_tracked')))
+    summary = summarize(build_model(make_cfg(), log=lambda *_: None), 352, 352)
+    assert summary['params'] == learnable == 243_095
+    # the README of Yolo-FastestV2 gives 0.212 GFLOPs at 352x352 (later revised to 0.238 with another counter)
+    assert abs(summary['flops'] / 1e9 - 0.212) < 0.002
+
+
+def leyolo_nano_backbone_neck_macs(side: int) -> int:
+    """Conv MACs of LeYOLO-Nano's layers 0-34 at side x side, from its layer table (../shared/notes/leyolo.md
+    section 3.1), written out by hand: an independent count of what the config implies."""
+    def conv(c_in, c_out, k, out_side, groups=1):
+        return out_side ** 2 * (c_in // groups) * c_out * k * k
+
+    def block(c_in, hidden, c_out, k, stride, in_side, expand=True):   # MobileNetV3_BLOCK, no SE
+        out_side = in_side // stride
+        return ((conv(c_in, hidden, 1, in_side) if expand else 0) + conv(hidden, hidden, k, out_side, hidden)
+                + conv(hidden, c_out, 1, out_side))
+
+    s2, s4, s8, s16, s32 = (side // d for d in (2, 4, 8, 16, 32))
+    backbone = (conv(3, 16, 3, s2) + conv(16, 16, 1, s2) + block(16, 16, 16, 3, 2, s2, expand=False)
+                + block(16, 96, 32, 3, 2, s4) + block(32, 96, 32, 3, 1, s8)
+                + block(32, 96, 64, 5, 2, s8) + 4 * block(64, 192, 64, 5, 1, s16)
+                + block(64, 576, 96, 5, 2, s16) + 3 * block(96, 576, 96, 5, 1, s32)
+                + conv(96, 48, 1, s32) + conv(4 * 48, 96, 1, s32))   # SPPF
+    top_down = (block(160, 128, 64, 5, 1, s16) + 2 * block(64, 128, 64, 5, 1, s16)
+                + block(96, 96, 32, 3, 1, s8, expand=False) + 2 * block(32, 64, 32, 3, 1, s8))
+    bottom_up = (conv(32, 64, 3, s16) + block(128, 128, 64, 5, 1, s16) + 2 * block(64, 128, 64, 5, 1, s16)
+                 + conv(64, 96, 3, s32) + block(192, 192, 96, 5, 1, s32) + 2 * block(96, 192, 96, 5, 1, s32))
+    return backbone + top_down + bottom_up
+
+
+def test_summary_of_leyolo_nano_body_matches_its_layer_table():
+    from model.summary import summarize
+    if not has_module('model.leyolo') or not has_module('model.leyolo_head'):
+        pytest.skip('model/leyolo.py or model/leyolo_head.py has not landed yet (LeYOLO engineer)')
+    model = build_model(make_cfg('leyolo-nano', 'leyolo', 320, 320), log=lambda *_: None)
+    summary = summarize(model, 320, 320)
+    body_macs = summary['macs_by_part']['backbone'] + summary['macs_by_part'].get('neck', 0)
+    expected = leyolo_nano_backbone_neck_macs(320)
+    assert abs(body_macs - expected) / expected < 0.05
+    # the notes' whole-model figure: 0.308 conv GMACs at 320
+    assert abs(summary['macs'] / 1e9 - 0.308) < 0.001
