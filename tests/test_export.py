@@ -1,0 +1,161 @@
+"""Export: PyTorch -> ONNX -> NCNN, checked backend by backend against PyTorch on a real image, and against the
+NCNN model Yolo-FastestV2's authors shipped (an independent conversion of the same released weights)."""
+import json
+import subprocess
+import sys
+
+import cv2
+import ncnn
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, shared_path
+from model.build import build_model
+from model.weights import load_weights
+from utils.config import load_config
+from utils.export import TOLERANCES, check_export, export_all, run_onnxruntime, run_opencv, run_torch
+from utils.ncnn_runtime import NcnnRuntime
+from utils.postprocess import postprocess
+from utils.preprocess import resize_image, to_input_tensor
+
+RELEASED = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
+SHIPPED_PARAM = 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'
+SHIPPED_IO = ('input.1', ['794', '796'])   # read from the shipped .param: its Input layer and last two Permutes
+
+
+def write_data_file(folder, model='yolo-fastestv2', classes=80, width=352, height=352, extra=''):
+    """A .data file for export: the dataset paths only need to exist, export reads size, classes and anchors."""
+    images = shared_path('datasets/coco128/images')
+    (folder / 'classes.names').write_text(''.join(f'class{i}\n' for i in range(classes)))
+    path = folder / f'{model}_{width}x{height}.data'
+    path.write_text(f'[model-configure]\nmodel={model}\nclasses={classes}\nwidth={width}\nheight={height}\n{extra}'
+                    f'[data-configure]\ntrain={images}/train2017\nval={images}/val2017\nnames=classes.names\n')
+    return path
+
+
+def bus_batch(width, height, letterbox=False):
+    image = cv2.imread(str(shared_path('images/bus.jpg')))
+    return to_input_tensor([resize_image(image, width, height, letterbox)[0]])
+
+
+@pytest.fixture(scope='module')
+def released_export(tmp_path_factory):
+    """The released Yolo-FastestV2 weights exported by pytorch2onnx.py itself (so the script is tested too)."""
+    weights = shared_path(RELEASED)
+    folder = tmp_path_factory.mktemp('export')
+    data = write_data_file(folder)
+    onnx_path = folder / 'yfv2.onnx'
+    result = subprocess.run([sys.executable, str(REPO / 'pytorch2onnx.py'), '--data', str(data), '--weights',
+                             str(weights), '--output', str(onnx_path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cfg = load_config(data)
+    model = build_model(cfg, log=lambda *_: None)
+    load_weights(model, weights)
+    torch.set_num_threads(1)
+    return dict(folder=folder, onnx=onnx_path, param=folder / 'yfv2.param', cfg=cfg, model=model.eval(),
+                log=result.stdout)
+
+
+def test_script_writes_four_files_and_a_passing_report(released_export):
+    # pnnx's own extras (x.pnnx.*, x_ncnn.py, ...) must not be left beside the model
+    assert sorted(p.name for p in released_export['folder'].iterdir() if p.name.startswith('yfv2')) == \
+        ['yfv2.bin', 'yfv2.json', 'yfv2.onnx', 'yfv2.param']
+    log = released_export['log']
+    for backend in ('onnxruntime', 'opencv', 'ncnn'):
+        assert f'{backend:12s} detections: identical' in log
+    assert 'export check: ok' in log
+
+
+def test_every_backend_matches_pytorch_on_a_real_image(released_export):
+    model, cfg = released_export['model'], released_export['cfg']
+    batch = bus_batch(cfg.width, cfg.height)
+    reference = run_torch(model, batch)
+    assert [r.shape for r in reference] == [(1, 22, 22, 95), (1, 11, 11, 95)]   # NHWC, 5*3 + 80 channels
+    outputs = {'onnxruntime': run_onnxruntime(released_export['onnx'], batch),
+               'opencv': run_opencv(released_export['onnx'], batch),
+               'ncnn': NcnnRuntime(released_export['param'])(batch)}
+    reference_dets = postprocess(reference, model.spec, 0.3, 0.4)[0]
+    assert len(reference_dets) >= 2   # the bus and people: the detection comparison below is not vacuous
+    for backend, outs in outputs.items():
+        for ref, out in zip(reference, outs):
+            assert out.shape == ref.shape, backend
+            assert np.abs(out - ref).max() <= TOLERANCES[backend], backend
+        dets = postprocess(outs, model.spec, 0.3, 0.4)[0]
+        assert np.array_equal(dets[:, 5], reference_dets[:, 5]), backend
+        np.testing.assert_allclose(dets[:, :5], reference_dets[:, :5], atol=1e-2, err_msg=backend)
+
+
+def test_sidecar_names_the_blobs_and_describes_the_input(released_export):
+    sidecar = json.loads(released_export['param'].with_suffix('.json').read_text())
+    cfg = released_export['cfg']
+    assert (sidecar['input_width'], sidecar['input_height'], sidecar['channel_order']) == (352, 352, 'bgr')
+    assert sidecar['scale'] == pytest.approx(1 / 255) and sidecar['letterbox'] is False
+    assert sidecar['head'] == 'anchor' and sidecar['strides'] == [16, 32] and sidecar['num_classes'] == 80
+    assert sidecar['anchors_px'] == [[list(wh) for wh in scale] for scale in cfg.anchors_px]
+    assert sidecar['class_names'] == list(cfg.class_names)
+    net = ncnn.Net()
+    net.load_param(str(released_export['param']))
+    assert net.input_names() == [sidecar['input_blob']] and net.output_names() == sidecar['output_blobs']
+
+
+def test_ncnn_runtime_runs_a_batch_image_by_image(released_export):
+    cfg = released_export['cfg']
+    one = bus_batch(cfg.width, cfg.height)
+    two = np.concatenate((one, one[:, :, ::-1].copy()))   # second image: flipped upside down
+    runtime = NcnnRuntime(released_export['param'], num_threads=2)
+    together = runtime(two)
+    for i in range(2):
+        alone = runtime(two[i:i + 1])
+        for a, b in zip(together, alone):
+            np.testing.assert_array_equal(a[i:i + 1], b)
+    assert not np.allclose(together[0][0], together[0][1])
+
+
+def test_ncnn_matches_the_shipped_reference_model(released_export):
+    """The authors' own NCNN conversion (fp16 weights) of the same released weights, on the same input."""
+    param = shared_path(SHIPPED_PARAM)
+    cfg = released_export['cfg']
+    batch = bus_batch(cfg.width, cfg.height)
+    net = ncnn.Net()
+    for option in ('use_fp16_packed', 'use_fp16_storage', 'use_fp16_arithmetic'):
+        setattr(net.opt, option, False)
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix('.bin')))
+    image = np.ascontiguousarray(batch[0])
+    with net.create_extractor() as extractor:
+        extractor.input(SHIPPED_IO[0], ncnn.Mat(image))
+        shipped = [np.array(extractor.extract(name)[1])[None] for name in SHIPPED_IO[1]]
+    ours = NcnnRuntime(released_export['param'])(batch)
+    for a, b in zip(ours, shipped):
+        assert a.shape == b.shape   # the shipped model has the same NHWC layout
+        assert np.abs(a - b).max() <= 0.03
+    spec = released_export['model'].spec
+    ours_dets, shipped_dets = (postprocess(o, spec, 0.3, 0.4)[0] for o in (ours, shipped))
+    assert np.array_equal(ours_dets[:, 5], shipped_dets[:, 5])
+    np.testing.assert_allclose(ours_dets[:, :4], shipped_dets[:, :4], atol=2.0)
+
+
+def test_non_square_input_and_other_classes_export(tmp_path):
+    """A custom model (3 classes, 320x192, untrained head) exports with the right shapes on every backend."""
+    cfg = load_config(write_data_file(tmp_path, classes=3, width=320, height=192))
+    torch.manual_seed(0)
+    model = build_model(cfg, log=lambda *_: None)
+    paths = export_all(model, cfg, tmp_path / 'custom.onnx')
+    report = check_export(model, paths, bus_batch(320, 192))
+    assert report.ok, report.text()
+    assert [d.shape for d in report.diffs if d.backend == 'ncnn'] == [(1, 12, 20, 18), (1, 6, 10, 18)]
+
+
+def test_check_fails_when_the_export_is_not_the_model(released_export, tmp_path):
+    """The check must be able to fail: compare the released export with a model whose weights moved slightly."""
+    cfg = released_export['cfg']
+    model = build_model(cfg, log=lambda *_: None)
+    load_weights(model, shared_path(RELEASED))
+    with torch.no_grad():
+        model.head.cls_outs[0].bias[0] += 0.05
+    paths = {'onnx': released_export['onnx'], 'param': released_export['param']}
+    report = check_export(model, paths, bus_batch(cfg.width, cfg.height))
+    assert not report.ok
+    assert any(p.startswith('ncnn out0') for p in report.problems)
+    assert 'export check: FAILED' in report.text()
