@@ -1,0 +1,135 @@
+"""The anchor-head loss (Yolo-FastestV2 family), and `build_loss`, which picks the loss for a model's head.
+
+Head outputs, one triple per scale (strides ascending): reg (N, 4A, H, W) anchor-major (a*4 + x,y,w,h),
+obj (N, A, H, W), cls (N, C, H, W): all logits. One class vector per cell, shared by the cell's A anchors.
+Decoding (the same as utils/postprocess.py and Yolo-FastestV2's released weights), in grid cells:
+    cx = 2*sigmoid(x) - 0.5 + i      w = (2*sigmoid(w))^2 * anchor_w / stride      (y, h alike)
+
+Matching (YOLOv5's): a target is assigned to every anchor of a scale whose width and height ratios to it are both
+within `ANCHOR_RATIO_MAX` (4) either way, in the cell holding its centre and in the two neighbouring cells nearest
+to the centre (left or right, up or down). The decode reaches 1.5 cells from the cell, so a neighbour can predict
+the centre; three cells per match triple the positives, which speeds up learning on small datasets.
+
+Terms, per scale s:
+    box  mean over matches of 1 - CIoU(predicted, target)
+    obj  BCE(obj logit, target) over all N*A*H*W positions, the target being the match's CIoU (detached, >= 0) at
+         matched positions and 0 elsewhere; weighted by OBJ_BALANCE[stride] (finer scales hold more
+         small, hard objects and more cells)
+    cls  softmax cross-entropy of the cell's class logits against the match's class, mean over matches
+    total = LOSS_SCALE * (BOX_GAIN * sum box + OBJ_GAIN * sum balance*obj + CLS_GAIN * sum cls)
+
+The gains are YOLOv5's (box 0.05, obj 1.0, cls 0.5). YOLOv5 multiplies the loss by the batch size with a nominal
+batch of 64 and trains at lr 0.01; Yolo-FastestV2's .data files use learning_rate 0.001 with a batch-size-independent
+loss. LOSS_SCALE = 64 * 10 makes lr 0.001 here take the same steps as YOLOv5's lr 0.01, so .data files keep working.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ANCHOR_RATIO_MAX = 4.0
+BOX_GAIN, OBJ_GAIN, CLS_GAIN = 0.05, 1.0, 0.5
+LOSS_SCALE = 640.0
+OBJ_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1}
+# neighbour offsets in cells: centre, left, up, right, down (subtracted from the centre cell)
+_NEIGHBOURS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+
+
+def build_loss(model, cfg):
+    """The loss for the model's head: `(raw_outputs, targets (M, 6)) -> (loss, dict of floats)`."""
+    spec = getattr(model, 'module', model).spec   # DDP wraps the model
+    if spec.kind == 'leyolo':
+        from utils.loss_leyolo import build_loss as build_leyolo_loss
+        return build_leyolo_loss(model, cfg)
+    return AnchorLoss(spec)
+
+
+def ciou(box1_cxcywh: torch.Tensor, box2_cxcywh: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Complete IoU (Zheng et al. 2020) of matching rows: IoU - centre distance^2 / enclosing diagonal^2 - alpha*v."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1_cxcywh.unbind(-1), box2_cxcywh.unbind(-1)
+    inter_w = (torch.min(x1 + w1 / 2, x2 + w2 / 2) - torch.max(x1 - w1 / 2, x2 - w2 / 2)).clamp(min=0)
+    inter_h = (torch.min(y1 + h1 / 2, y2 + h2 / 2) - torch.max(y1 - h1 / 2, y2 - h2 / 2)).clamp(min=0)
+    inter = inter_w * inter_h
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    enclose_w = torch.max(x1 + w1 / 2, x2 + w2 / 2) - torch.min(x1 - w1 / 2, x2 - w2 / 2)
+    enclose_h = torch.max(y1 + h1 / 2, y2 + h2 / 2) - torch.min(y1 - h1 / 2, y2 - h2 / 2)
+    diagonal2 = enclose_w ** 2 + enclose_h ** 2 + eps
+    centre2 = (x2 - x1) ** 2 + (y2 - y1) ** 2
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - centre2 / diagonal2 - alpha * v
+
+
+def match_targets(targets: torch.Tensor, anchors_grid: torch.Tensor, grid_w: int, grid_h: int):
+    """Assign targets (M, 6) [image, class, cx, cy, w, h] normalised to anchors and cells of one scale.
+
+    Returns (image, anchor, gy, gx, class) index tensors and the target boxes (K, 4) as cx, cy relative to their
+    cell's corner plus w, h, all in grid cells.
+    """
+    device = targets.device
+    scale = torch.tensor([grid_w, grid_h], dtype=torch.float32, device=device)
+    centre = targets[:, 2:4] * scale
+    size = targets[:, 4:6] * scale
+    ratio = size[None] / anchors_grid[:, None]                       # (A, M, 2)
+    fits = torch.max(ratio, 1 / ratio).amax(dim=2) < ANCHOR_RATIO_MAX
+    anchor, target = fits.nonzero(as_tuple=True)
+    centre, size, t = centre[target], size[target], targets[target]
+    # the neighbour on each axis nearest to the centre, if inside the grid
+    frac = centre % 1
+    use = torch.stack([torch.ones_like(frac[:, 0], dtype=torch.bool),
+                       (frac[:, 0] < 0.5) & (centre[:, 0] > 1), (frac[:, 1] < 0.5) & (centre[:, 1] > 1),
+                       (frac[:, 0] > 0.5) & (centre[:, 0] < grid_w - 1),
+                       (frac[:, 1] > 0.5) & (centre[:, 1] < grid_h - 1)])   # (5, K)
+    which, k = use.nonzero(as_tuple=True)
+    cell = (centre[k] - _NEIGHBOURS.to(device)[which]).floor()
+    cell[:, 0].clamp_(0, grid_w - 1)
+    cell[:, 1].clamp_(0, grid_h - 1)
+    boxes = torch.cat([centre[k] - cell, size[k]], dim=1)
+    cell = cell.long()
+    return (t[k, 0].long(), anchor[k], cell[:, 1], cell[:, 0], t[k, 1].long()), boxes
+
+
+class AnchorLoss:
+    def __init__(self, spec):
+        self.strides = tuple(spec.strides)
+        self.num_classes = spec.num_classes
+        self.anchors_grid = [torch.tensor(a, dtype=torch.float32) / s for a, s in zip(spec.anchors_px, spec.strides)]
+        self.balance = [OBJ_BALANCE.get(s, 0.1) for s in self.strides]
+
+    def __call__(self, outputs, targets: torch.Tensor):
+        if len(outputs) != len(self.strides):
+            raise ValueError(f'the loss expects {len(self.strides)} scales (strides {self.strides}), '
+                             f'got {len(outputs)} outputs')
+        targets = targets.float()
+        if len(targets) and int(targets[:, 1].max()) >= self.num_classes:
+            raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
+                             f'{self.num_classes} classes (check `classes` in the .data file)')
+        device = outputs[0][0].device
+        loss_box = torch.zeros((), device=device)
+        loss_obj, loss_cls = torch.zeros_like(loss_box), torch.zeros_like(loss_box)
+        matches = 0
+        for (reg, obj, cls), anchors, balance in zip(outputs, self.anchors_grid, self.balance):
+            reg, obj, cls = reg.float(), obj.float(), cls.float()
+            n, num_anchors, grid_h, grid_w = obj.shape
+            anchors = anchors.to(device)
+            (img, a, gy, gx, tcls), tbox = match_targets(targets.to(device), anchors, grid_w, grid_h)
+            obj_target = torch.zeros_like(obj)
+            if len(img):
+                matches += len(img)
+                pred = reg.view(n, num_anchors, 4, grid_h, grid_w)[img, a, :, gy, gx].sigmoid()   # (K, 4)
+                pred_xy = pred[:, :2] * 2 - 0.5
+                pred_wh = (pred[:, 2:] * 2) ** 2 * anchors[a]
+                box_iou = ciou(torch.cat([pred_xy, pred_wh], 1), tbox)
+                loss_box = loss_box + (1 - box_iou).mean()
+                # Where two matches share a position, the better-fitting box sets the objectness target.
+                flat = ((img * num_anchors + a) * grid_h + gy) * grid_w + gx
+                obj_target.view(-1).scatter_reduce_(0, flat, box_iou.detach().clamp(min=0), 'amax')
+                loss_cls = loss_cls + F.cross_entropy(cls[img, :, gy, gx], tcls)
+            loss_obj = loss_obj + balance * F.binary_cross_entropy_with_logits(obj, obj_target)
+        total = LOSS_SCALE * (BOX_GAIN * loss_box + OBJ_GAIN * loss_obj + CLS_GAIN * loss_cls)
+        parts = {'box': loss_box.item(), 'obj': loss_obj.item(), 'cls': loss_cls.item(), 'matches': matches}
+        return total, parts
