@@ -117,15 +117,7 @@ def test_ncnn_matches_the_shipped_reference_model(released_export):
     param = shared_path(SHIPPED_PARAM)
     cfg = released_export['cfg']
     batch = bus_batch(cfg.width, cfg.height)
-    net = ncnn.Net()
-    for option in ('use_fp16_packed', 'use_fp16_storage', 'use_fp16_arithmetic'):
-        setattr(net.opt, option, False)
-    net.load_param(str(param))
-    net.load_model(str(param.with_suffix('.bin')))
-    image = np.ascontiguousarray(batch[0])
-    with net.create_extractor() as extractor:
-        extractor.input(SHIPPED_IO[0], ncnn.Mat(image))
-        shipped = [np.array(extractor.extract(name)[1])[None] for name in SHIPPED_IO[1]]
+    shipped = NcnnRuntime(param, blobs=SHIPPED_IO)(batch)
     ours = NcnnRuntime(released_export['param'])(batch)
     for a, b in zip(ours, shipped):
         assert a.shape == b.shape   # the shipped model has the same NHWC layout

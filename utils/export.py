@@ -153,8 +153,10 @@ def export_all(model, cfg, onnx_path, opset: int = 11, simplify: bool = True, nc
 # ---------------------------------------------------------------------------------------------------------------
 # Checking an export: every backend on the same real image, compared with PyTorch output by output.
 
-# max |diff| allowed against PyTorch. ONNX backends compute the same fp32 graph; NCNN reorders sums (packing,
-# im2col/sgemm, winograd), so it gets more room. Measured values are in the README.
+# Allowed |diff| against PyTorch, relative to max(1, |PyTorch value|): absolute for the probabilities (0..1),
+# relative for LeYOLO's box distances (up to reg_max - 1 = 15 grid cells), whose float32 rounding grows with them.
+# ONNX backends compute the same fp32 graph; NCNN with fp32 weights and arithmetic lands in the same range (the
+# 4e-3 seen with pnnx's default fp16 weights is gone with fp16=0). Measured values are in the README.
 TOLERANCES = {'onnxruntime': 1e-4, 'opencv': 1e-4, 'ncnn': 1e-4}
 
 
@@ -192,13 +194,14 @@ class OutputDiff:
     def __init__(self, backend: str, index: int, reference: np.ndarray, output: np.ndarray):
         self.backend, self.index, self.shape = backend, index, tuple(output.shape)
         if output.shape != reference.shape:
-            self.max_abs = self.mean_abs = float('inf')
+            self.max_abs = self.mean_abs = self.max_scaled = float('inf')
             self.problem = f'shape {output.shape} != PyTorch {reference.shape}'
         else:
             diff = np.abs(output.astype(np.float64) - reference)
             self.max_abs, self.mean_abs = float(diff.max()), float(diff.mean())
-            self.problem = '' if self.max_abs <= TOLERANCES[backend] else \
-                f'max |diff| {self.max_abs:.2e} > tolerance {TOLERANCES[backend]:.0e}'
+            self.max_scaled = float((diff / np.maximum(1.0, np.abs(reference))).max())
+            self.problem = '' if self.max_scaled <= TOLERANCES[backend] else \
+                f'max |diff| / max(1, |value|) {self.max_scaled:.2e} > tolerance {TOLERANCES[backend]:.0e}'
 
     @property
     def ok(self) -> bool:
@@ -207,7 +210,7 @@ class OutputDiff:
     def line(self) -> str:
         verdict = 'ok' if self.ok else 'FAIL: ' + self.problem
         return (f'{self.backend:12s} out{self.index} {str(self.shape):18s} max |diff| {self.max_abs:.2e}  '
-                f'mean |diff| {self.mean_abs:.2e}  {verdict}')
+                f'mean |diff| {self.mean_abs:.2e}  relative {self.max_scaled:.2e}  {verdict}')
 
 
 def detections(outputs_nhwc: list[np.ndarray], spec, conf_thresh: float, nms_iou: float) -> np.ndarray:

@@ -41,17 +41,21 @@ class NcnnRuntime:
 
     fp16=False (the default) keeps NCNN in fp32 storage and arithmetic so its outputs can be compared with
     PyTorch's; fp16=True lets NCNN use half precision where the CPU supports it (faster on ARM, ~1e-3 off).
+    blobs=(input_name, [output_names]) runs a model that has no sidecar (e.g. a third-party .param).
     """
 
-    def __init__(self, param_path, num_threads: int = 1, fp16: bool = False):
+    def __init__(self, param_path, num_threads: int = 1, fp16: bool = False, blobs: tuple | None = None):
         param_path = Path(param_path)
         bin_path = param_path.with_suffix('.bin')
         for path in (param_path, bin_path):
             if not path.is_file():
                 raise FileNotFoundError(f'{path}: NCNN model file not found')
-        self.sidecar = read_sidecar(param_path)
-        self.input_blob = self.sidecar['input_blob']
-        self.output_blobs = list(self.sidecar['output_blobs'])
+        if blobs is None:
+            self.sidecar = read_sidecar(param_path)
+            blobs = (self.sidecar['input_blob'], self.sidecar['output_blobs'])
+        else:
+            self.sidecar = None
+        self.input_blob, self.output_blobs = blobs[0], list(blobs[1])
         self.num_threads = num_threads
         self.net = ncnn.Net()
         self.net.opt.num_threads = num_threads
@@ -66,7 +70,8 @@ class NcnnRuntime:
         blob_names = {blob.name for blob in self.net.blobs()}
         missing = [name for name in [self.input_blob] + self.output_blobs if name not in blob_names]
         if missing:
-            raise ValueError(f'{sidecar_path(param_path)}: blobs {missing} are not in {param_path}')
+            source = 'the blobs argument' if self.sidecar is None else str(sidecar_path(param_path))
+            raise ValueError(f'{source}: blobs {missing} are not in {param_path}')
 
     def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
         batch_nchw = np.asarray(batch_nchw)
