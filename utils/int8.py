@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.int8_calibrate import (collect_activation_stats, load_calibration_inputs, load_ncnn_net, run_blobs,
-                                  weight_scales)
+from utils.int8_calibrate import (collect_activation_stats, load_calibration_inputs, load_ncnn_net,
+                                  mse_thresholds, run_blobs, weight_scales)
 from utils.int8_write import QUANTIZABLE_TYPES, LayerScales, read_ncnn_model, write_int8_model
+
+
+METHODS = ('kl', 'minmax', 'mse')
 
 
 @dataclass
@@ -65,18 +68,18 @@ class Int8Report:
         return '\n'.join(lines)
 
 
-def _layer_scales(layer, weights: np.ndarray, input_scale: float) -> LayerScales:
+def _weight_scales(layer, weights: np.ndarray) -> np.ndarray:
     rows = layer.int_param(7, 1) if layer.type == 'ConvolutionDepthWise' else layer.int_param(0, 0)
     kernel_w = layer.int_param(1, 0)
     kernel_3x3_s1 = (layer.type == 'Convolution' and kernel_w == 3 and layer.int_param(11, kernel_w) == 3
                      and layer.int_param(3, 1) == 1 and layer.int_param(13, layer.int_param(3, 1)) == 1
                      and layer.int_param(2, 1) == 1 and layer.int_param(12, layer.int_param(2, 1)) == 1)
-    return LayerScales(weight_scales(layer.type, weights, rows, kernel_3x3_s1), input_scale)
+    return weight_scales(layer.type, weights, rows, kernel_3x3_s1)
 
 
 def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: int, letterbox: bool,
                   out_param, out_bin, method: str = 'kl', keep_fp32: tuple = (), pad_value: int = 114,
-                  check_images: int = 4) -> Int8Report:
+                  check_images: int = 4, mse_images: int = 32) -> Int8Report:
     """Calibrate the fp32 model `param_path/bin_path` on `calib_images` and write its INT8 version.
 
     keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32.
@@ -95,10 +98,16 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     if not inputs:
         raise ValueError(f'none of the {len(calib_images)} calibration images could be read')
 
+    if method not in METHODS:
+        raise ValueError(f'unknown calibration method "{method}" (use one of {", ".join(METHODS)})')
+    w_scales = {layer.name: _weight_scales(layer, model.weights[layer.name][0].values) for layer in to_quantize}
     blobs = sorted({layer.bottoms[0] for layer in to_quantize})
-    stats = collect_activation_stats(param_path, bin_path, model.input_blob, blobs, inputs, method) if blobs else {}
-    scales = {layer.name: _layer_scales(layer, model.weights[layer.name][0].values, stats[layer.bottoms[0]].scale)
-              for layer in to_quantize}
+    stats = collect_activation_stats(param_path, bin_path, model.input_blob, blobs, inputs,
+                                     'minmax' if method == 'minmax' else 'kl') if blobs else {}
+    if method == 'mse' and blobs:
+        stats = mse_thresholds(to_quantize, model.weights, w_scales, stats, load_ncnn_net(param_path, bin_path),
+                               model.input_blob, inputs[:mse_images])
+    scales = {layer.name: LayerScales(w_scales[layer.name], stats[layer.bottoms[0]].scale) for layer in to_quantize}
     Path(out_param).parent.mkdir(parents=True, exist_ok=True)
     write_int8_model(model, scales, out_param, out_bin)
 
