@@ -151,3 +151,30 @@ def test_check_fails_when_the_export_is_not_the_model(released_export, tmp_path)
     assert not report.ok
     assert any(p.startswith('ncnn out0') for p in report.problems)
     assert 'export check: FAILED' in report.text()
+
+
+LEYOLO_VARIANTS = [  # (model, head, released weights or None); 320x320 keeps the test fast for every size
+    ('leyolo-nano', 'leyolo', 'weights/leyolo/LeYOLONano.pt'),
+    ('leyolo-small', 'leyolo', None),
+    ('leyolo-medium', 'leyolo', None),
+    ('leyolo-large', 'leyolo', None),
+    ('leyolo-nano', 'anchor', None),   # LeYOLO's neck feeding Yolo-FastestV2's anchor head
+]
+
+
+@pytest.mark.parametrize('model_name, head, weights', LEYOLO_VARIANTS,
+                         ids=[f'{m}-{h}' for m, h, _ in LEYOLO_VARIANTS])
+def test_leyolo_variants_export_to_every_backend(tmp_path, model_name, head, weights):
+    pytest.importorskip('model.leyolo', reason='model/leyolo.py (LeYOLO helper) has not landed')
+    extra = f'head={head}\n' + (f'pre_weights={shared_path(weights)}\n' if weights else '')
+    cfg = load_config(write_data_file(tmp_path, model=model_name, width=320, height=320, extra=extra))
+    torch.manual_seed(0)
+    model = build_model(cfg, log=lambda *_: None)
+    paths = export_all(model, cfg, tmp_path / 'model.onnx')
+    report = check_export(model, paths, bus_batch(320, 320))
+    assert report.ok, report.text()
+    channels = 4 + 80 if head == 'leyolo' else 5 * 3 + 80
+    assert [d.shape for d in report.diffs if d.backend == 'ncnn'] == \
+        [(1, 40, 40, channels), (1, 20, 20, channels), (1, 10, 10, channels)]
+    if weights:   # trained: the detection comparison in the report covered real objects
+        assert report.num_reference_detections >= 3
