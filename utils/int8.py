@@ -68,7 +68,7 @@ class Int8Report:
         return '\n'.join(lines)
 
 
-def _weight_scales(layer, weights: np.ndarray) -> np.ndarray:
+def layer_weight_scales(layer, weights: np.ndarray) -> np.ndarray:
     rows = layer.int_param(7, 1) if layer.type == 'ConvolutionDepthWise' else layer.int_param(0, 0)
     kernel_w = layer.int_param(1, 0)
     kernel_3x3_s1 = (layer.type == 'Convolution' and kernel_w == 3 and layer.int_param(11, kernel_w) == 3
@@ -100,7 +100,7 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
 
     if method not in METHODS:
         raise ValueError(f'unknown calibration method "{method}" (use one of {", ".join(METHODS)})')
-    w_scales = {layer.name: _weight_scales(layer, model.weights[layer.name][0].values) for layer in to_quantize}
+    w_scales = {layer.name: layer_weight_scales(layer, model.weights[layer.name][0].values) for layer in to_quantize}
     blobs = sorted({layer.bottoms[0] for layer in to_quantize})
     stats = collect_activation_stats(param_path, bin_path, model.input_blob, blobs, inputs,
                                      'minmax' if method == 'minmax' else 'kl') if blobs else {}

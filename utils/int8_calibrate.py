@@ -201,9 +201,9 @@ def layer_function(layer, weights: np.ndarray, bias):
     p = layer.int_param
     act_params = [float(v) for v in layer.params.get(-23310, '0').split(',')[1:]]
     activation = _activation(p(9, 0), act_params)
-    bias_t = None if bias is None else torch.from_numpy(bias)
+    bias_t = None if bias is None else torch.tensor(bias)
     if layer.type == 'InnerProduct':
-        w = torch.from_numpy(weights.reshape(p(0, 0), -1))
+        w = torch.tensor(weights.reshape(p(0, 0), -1))
         return lambda x: activation(F.linear(x.reshape(1, -1), w, bias_t))
     kw = p(1, 0)
     kh = p(11, kw)
@@ -216,7 +216,7 @@ def layer_function(layer, weights: np.ndarray, bias):
         return None               # 'SAME' padding modes and non-zero pad values are not simulated
     groups = p(7, 1) if layer.type == 'ConvolutionDepthWise' else 1
     num_output = p(0, 0)
-    w = torch.from_numpy(weights.reshape(num_output, -1, kh, kw))
+    w = torch.tensor(weights.reshape(num_output, -1, kh, kw))
 
     def run(x):
         x = F.pad(x[None], (left, right, top, bottom))
