@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from model.build import build_model
-from model.weights import load_weights
+from model.weights import WeightsError, load_weights
 from utils.config import ConfigError, load_config
 from utils.export import (DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, ExportError, check_export, export_all)
 from utils.preprocess import resize_image, to_input_tensor
@@ -67,10 +67,10 @@ def main():
     torch.set_num_threads(1)
     try:
         cfg = load_config(args.data)
-    except ConfigError as error:
+        model = build_model(cfg)
+        load_weights(model, args.weights)
+    except (ConfigError, WeightsError, ValueError) as error:   # each names the file (and line) at fault
         raise SystemExit(f'error: {error}')
-    model = build_model(cfg)
-    load_weights(model, args.weights)
     image, image_name = load_check_image(args.image)
     resized, _ = resize_image(image, cfg.width, cfg.height, cfg.letterbox)
     batch = to_input_tensor([resized])

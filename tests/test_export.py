@@ -178,3 +178,30 @@ def test_leyolo_variants_export_to_every_backend(tmp_path, model_name, head, wei
         [(1, 40, 40, channels), (1, 20, 20, channels), (1, 10, 10, channels)]
     if weights:   # trained: the detection comparison in the report covered real objects
         assert report.num_reference_detections >= 3
+
+
+def test_ncnn_runtime_errors_name_what_is_wrong(released_export, tmp_path):
+    param = released_export['param']
+    lonely = tmp_path / 'lonely.param'   # a model without its sidecar
+    lonely.write_text(param.read_text())
+    (tmp_path / 'lonely.bin').write_bytes(param.with_suffix('.bin').read_bytes())
+    with pytest.raises(FileNotFoundError, match='lonely.json: sidecar JSON not found'):
+        NcnnRuntime(lonely)
+    sidecar = json.loads(param.with_suffix('.json').read_text())
+    sidecar['output_blobs'] = ['out0', 'logits']
+    (tmp_path / 'lonely.json').write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match=r"lonely.json: blobs \['logits'\] are not in"):
+        NcnnRuntime(lonely)
+    with pytest.raises(ValueError, match='NCHW batch with 3 channels'):
+        NcnnRuntime(param)(np.zeros((352, 352, 3), np.float32))
+
+
+def test_script_rejects_weights_of_another_model(released_export):
+    result = subprocess.run([sys.executable, str(REPO / 'pytorch2onnx.py'), '--data',
+                             str(released_export['cfg'].data_path), '--weights',
+                             str(shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')),
+                             '--output', str(released_export['folder'] / 'wrong.onnx')],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    assert result.stderr.startswith('error: ') and 'shufflenetv2-0.5x-imagenet-backbone.pth' in result.stderr
+    assert not (released_export['folder'] / 'wrong.onnx').exists()
