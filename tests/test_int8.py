@@ -5,6 +5,7 @@ goes torch -> ONNX -> pnnx -> fp32 NCNN, is quantized on synthetic structured im
 the `ncnn` Python runtime. On real data the released Yolo-FastestV2 NCNN model is quantized on coco128 and its
 detections compared with fp32's.
 """
+import shutil
 import struct
 import subprocess
 import sys
@@ -213,13 +214,20 @@ def test_mismatched_or_unknown_files_are_named(tiny, tmp_path):
                       tmp_path / 'q.param', tmp_path / 'q.bin')
 
 
-def test_unreadable_calibration_images_are_counted(tiny, tmp_path):
+def test_unreadable_calibration_images_are_counted_and_sidecar_follows(tiny, tmp_path):
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'not an image')
-    report = quantize_ncnn(tiny['param'], tiny['bin'], tiny['calib'][:4] + [broken], SIZE, SIZE, False,
-                           tmp_path / 'q.param', tmp_path / 'q.bin', method='minmax', check_images=1)
+    for suffix in ('.param', '.bin'):
+        shutil.copyfile(tiny['param'].with_suffix(suffix), tmp_path / f'm{suffix}')
+    (tmp_path / 'm.json').write_text('{"input_blob": "in0", "output_blobs": ["out0", "out1"]}')
+    report = quantize_ncnn(tmp_path / 'm.param', tmp_path / 'm.bin', tiny['calib'][:4] + [broken], SIZE, SIZE,
+                           False, tmp_path / 'q.param', tmp_path / 'q.bin', method='minmax', check_images=1)
     assert report.calib_images_used == 4 and report.calib_images_skipped == [str(broken)]
     assert '1 unreadable skipped' in report.summary()
+    assert (tmp_path / 'q.json').read_text() == (tmp_path / 'm.json').read_text()
+    with pytest.raises(ValueError, match='unknown calibration method "entropy"'):
+        quantize_ncnn(tmp_path / 'm.param', tmp_path / 'm.bin', tiny['calib'], SIZE, SIZE, False,
+                      tmp_path / 'q.param', tmp_path / 'q.bin', method='entropy')
 
 
 def test_rounding_is_ncnns():
