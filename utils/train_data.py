@@ -1,0 +1,83 @@
+"""The training dataset: images with augmentation (utils/augment.py) and the batch collate function.
+
+Each item is (image uint8 (3, H, W) BGR, labels float32 (n, 5) [class, cx, cy, w, h] normalised). Images stay uint8
+all the way into the model (it divides by 255 itself), which keeps worker -> main process transfers 4x smaller.
+
+Randomness is drawn from a generator seeded by (seed, epoch, index), not from the worker's global state, so a
+resumed run sees the same augmentations as an uninterrupted one, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.augment import (flip_lr, hsv_jitter, mosaic4, px_to_labels, random_scale_translate, resize_to_fit,
+                           to_input_size)
+from utils.dataset import read_image
+
+
+class TrainDataset(Dataset):
+    def __init__(self, split, cfg, augment: bool = True, seed: int = 0):
+        self.image_paths = list(split.image_paths)
+        self.labels = [np.asarray(l, dtype=np.float32).reshape(-1, 5) for l in split.labels]
+        if not self.image_paths:
+            raise ValueError(f'{cfg.where("train")}: the training split has no images')
+        self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox
+        self.augment = augment
+        self.hsv_gains = (cfg.hsv_h, cfg.hsv_s, cfg.hsv_v)
+        self.flip_prob, self.scale, self.translate = cfg.flip_lr, cfg.scale, cfg.translate
+        self.mosaic_prob = cfg.mosaic if augment else 0.0
+        self.epochs, self.close_mosaic = cfg.epochs, cfg.close_mosaic
+        self.seed, self.epoch = seed, 0
+        # RAM cache of images already resized to training scale. Filled here, in the main process, because
+        # DataLoader workers are forked copies: what a worker caches never reaches the next epoch's workers.
+        self.cache = None
+        if cfg.cache == 'ram':
+            self.cache = [self._load_from_disk(i) for i in range(len(self.image_paths))]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch's DataLoader iterator is made (workers copy the dataset when they start)."""
+        self.epoch = epoch
+
+    @property
+    def mosaic_active(self) -> bool:
+        # The last `close_mosaic` epochs train on whole, undistorted images like those seen at evaluation.
+        return self.mosaic_prob > 0 and self.epoch < self.epochs - self.close_mosaic
+
+    def _load_from_disk(self, index: int) -> np.ndarray:
+        return resize_to_fit(read_image(self.image_paths[index]), self.width, self.height, self.letterbox)
+
+    def load_resized(self, index: int) -> np.ndarray:
+        """The image at training scale (stretched, or fitted inside width x height keeping its aspect ratio)."""
+        return self.cache[index] if self.cache is not None else self._load_from_disk(index)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.augment and self.mosaic_active and rng.random() < self.mosaic_prob:
+            others = rng.integers(0, len(self), 3)
+            tiles = [(self.load_resized(i), self.labels[i]) for i in [index, *others]]
+            image, classes, boxes = mosaic4(tiles, self.width, self.height, rng)
+        else:
+            image, classes, boxes = to_input_size(self.load_resized(index), self.labels[index],
+                                                  self.width, self.height, self.letterbox)
+        if self.augment:
+            image, classes, boxes = random_scale_translate(image, classes, boxes, self.width, self.height,
+                                                           self.scale, self.translate, rng)
+            image = hsv_jitter(image, *self.hsv_gains, rng)
+            if rng.random() < self.flip_prob:
+                image, boxes = flip_lr(image, boxes)
+        labels = px_to_labels(classes, boxes, self.width, self.height)
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return torch.from_numpy(chw), torch.from_numpy(labels)
+
+
+def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(image (3,H,W) uint8, labels (n,5))] -> (images uint8 (N,3,H,W), targets (M,6) [image, class, cx, cy, w, h])."""
+    images = torch.stack([image for image, _ in batch])
+    targets = [torch.cat([torch.full((len(labels), 1), float(i)), labels], dim=1)
+               for i, (_, labels) in enumerate(batch)]
+    return images, torch.cat(targets) if targets else torch.zeros((0, 6))

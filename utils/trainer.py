@@ -1,0 +1,410 @@
+"""The training loop: SGD with warmup and step decay, gradient accumulation, EMA, AMP, checkpoints, resume, DDP.
+
+One epoch:  for each mini-batch (batch_size / subdivisions images, split again across DDP processes):
+    forward (autocast on CUDA) -> loss / subdivisions -> backward; every `subdivisions` mini-batches one SGD step,
+    then the EMA follows the weights. At the end of the epoch: evaluate the EMA model every `eval_interval` epochs
+    and after the last, append a row to results.csv, redraw results.png, write last.pt (and best.pt when
+    mAP@0.5:0.95 improved).
+
+Learning rate, per optimizer step (Yolo-FastestV2's step schedule with YOLOv5's warmup):
+    lr = learning_rate * 0.1 ** (number of `steps` epochs reached)
+    during the first warmup_epochs: weights and BN ramp linearly from 0, biases from WARMUP_BIAS_LR_FACTOR * lr
+    down (a high bias lr lets the objectness prior settle first), momentum from WARMUP_MOMENTUM up.
+Weight decay applies to conv and linear weights only, not to BatchNorm weights or biases.
+
+Crash safety: checkpoints are written atomically (utils/checkpoint.py). SIGINT / SIGTERM finish the current
+mini-batch, write last.pt with the position inside the epoch, and raise `TrainingInterrupted`; `resume` starts
+again at that batch with the same schedule, data order and augmentations (both are seeded by epoch).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.build import build_model
+from model.weights import load_weights
+from utils.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
+from utils.dataset import load_split
+from utils.ema import ModelEMA
+from utils.loss import build_loss
+from utils.train_data import TrainDataset, collate
+
+WARMUP_MOMENTUM = 0.8
+WARMUP_BIAS_LR_FACTOR = 10.0   # YOLOv5: warmup_bias_lr 0.1 with lr0 0.01
+GRAD_CLIP_NORM = 10.0          # a rare huge gradient (a bad box early on) must not wreck the weights
+MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
+RESULT_COLUMNS = ['epoch', 'lr', 'box', 'obj', 'cls', 'loss', 'map50', 'map50_95', 'images_per_s', 'epoch_s']
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, signum: int, checkpoint: Path):
+        super().__init__(f'stopped by signal {signal.Signals(signum).name}; state saved to {checkpoint}')
+        self.signum = signum
+
+
+@dataclass
+class TrainOptions:
+    out_dir: Path
+    device: str = ''               # '' (CUDA if available), 'cpu', 'cuda', or a CUDA index '0', '1', ...
+    workers: int | None = None     # None: cfg.workers
+    weights: Path | None = None    # start from these weights (shapes that differ, e.g. classes, are skipped)
+    resume: Path | None = None     # a last.pt to continue from
+    sync_bn: bool = False          # DDP: synchronise BatchNorm statistics across processes
+    seed: int = 0
+
+
+def train(cfg, options: TrainOptions) -> dict:
+    """Train; return {'best_map50_95', 'best_epoch', 'epochs', 'last', 'best'}. Raises TrainingInterrupted."""
+    rank, world, local_rank = _setup_distributed(options.device)
+    try:
+        return _Run(cfg, options, rank, world, local_rank).run()
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == 'cpu' or (name == '' and not torch.cuda.is_available()):
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'--device {name}: CUDA is not available here (use --device cpu)')
+    if name.isdigit():
+        return torch.device(f'cuda:{name}')
+    return torch.device(f'cuda:{local_rank}')
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, int]:
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ['LOCAL_RANK'])
+    cuda = device_name != 'cpu' and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group('nccl' if cuda else 'gloo')
+    return dist.get_rank(), world, local_rank
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Three groups: conv/linear weights (decayed), BatchNorm weights and biases (not decayed)."""
+    decayed, norm_weights, biases = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == 'bias':
+                biases.append(p)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                norm_weights.append(p)
+            else:
+                decayed.append(p)
+    return [dict(params=decayed, weight_decay=weight_decay, name='weights'),
+            dict(params=norm_weights, weight_decay=0.0, name='norm'),
+            dict(params=biases, weight_decay=0.0, name='bias')]
+
+
+def set_learning_rate(optimizer, cfg, epoch: int, step: int, warmup_steps: int) -> float:
+    """Apply the schedule for optimizer step `step` of epoch `epoch`; return the weights' lr."""
+    lr = cfg.learning_rate * 0.1 ** sum(epoch >= s for s in cfg.steps)
+    for group in optimizer.param_groups:
+        group['lr'], group['momentum'] = lr, cfg.momentum
+        if step < warmup_steps:
+            progress = step / warmup_steps
+            start = cfg.learning_rate * WARMUP_BIAS_LR_FACTOR if group['name'] == 'bias' else 0.0
+            group['lr'] = start + (lr - start) * progress
+            group['momentum'] = WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * progress
+    return optimizer.param_groups[0]['lr']
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This process's share of a shuffled epoch, the same for a given (seed, epoch) in every run."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    per_rank = -(-n // world)
+    order += order[:per_rank * world - n]    # equal shares, so every process runs the same number of steps
+    return order[rank::world]
+
+
+def _ignore_sigint(_worker_id):
+    # Ctrl-C reaches the whole process group; workers must keep serving batches while the main process saves.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def config_record(cfg) -> dict:
+    return {f.name: str(getattr(cfg, f.name)) for f in fields(cfg) if f.name != 'lines'}
+
+
+class _Run:
+    def __init__(self, cfg, options: TrainOptions, rank: int, world: int, local_rank: int):
+        self.cfg, self.options, self.rank, self.world = cfg, options, rank, world
+        self.main = rank == 0
+        self.device = pick_device(options.device, local_rank)
+        self.out_dir = Path(options.out_dir)
+        self.stop_signal = None
+
+    def log(self, text: str) -> None:
+        if self.main:
+            tqdm.write(text)
+
+    def run(self) -> dict:
+        cfg, options = self.cfg, self.options
+        if cfg.batch_size % (cfg.subdivisions * self.world):
+            raise ValueError(f'{cfg.where("batch_size")}: batch_size {cfg.batch_size} must be divisible by '
+                             f'subdivisions {cfg.subdivisions} x {self.world} processes')
+        self.mini_batch = cfg.batch_size // (cfg.subdivisions * self.world)
+        torch.manual_seed(options.seed + self.rank)
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        checkpoint = load_checkpoint(options.resume) if options.resume else None
+
+        model = build_model(cfg, log=self.log)
+        if options.weights and not checkpoint:
+            report = load_weights(model, options.weights, strict=False)
+            self.log(f'weights {options.weights}: loaded {report["loaded"]}/{report["total"]} tensors'
+                     + (f', skipped (shape differs): {len(report["wrong_shape"])}' if report['wrong_shape'] else ''))
+        self._print_summary(model)
+        if options.sync_bn and self.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        self.model = model
+        self.optimizer = torch.optim.SGD(optimizer_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                         momentum=cfg.momentum, nesterov=True)
+        self.amp = self.device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+        self.ema = ModelEMA(model) if (cfg.ema and self.main) else None
+        self.loss_fn = build_loss(model, cfg)
+        self.start_epoch, self.skip_batches, self.optimizer_steps = 0, 0, 0
+        self.best_score, self.best_epoch = -1.0, -1
+        if checkpoint:
+            self._restore(checkpoint)
+        self.net = model
+        if self.world > 1:
+            device_ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+        split = load_split(cfg, 'train')
+        self.dataset = TrainDataset(split, cfg, augment=True, seed=options.seed)
+        self.workers = cfg.workers if options.workers is None else options.workers
+        per_epoch = len(epoch_indices(len(self.dataset), 0, 0, 0, self.world)) // self.mini_batch
+        self.steps_per_epoch = max(1, -(-max(per_epoch, 1) // cfg.subdivisions))
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f'training {cfg.model} on {len(self.dataset)} images, {cfg.epochs} epochs, batch {cfg.batch_size} '
+                 f'({self.world} x {cfg.subdivisions} x {self.mini_batch}), device {self.device}, '
+                 f'output {self.out_dir}')
+
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self._train_epoch(epoch)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.log(f'done: best mAP@0.5:0.95 {self.best_score:.4f} at epoch {self.best_epoch + 1}; {self.out_dir}')
+        return dict(best_map50_95=self.best_score, best_epoch=self.best_epoch + 1, epochs=cfg.epochs,
+                    last=self.out_dir / 'last.pt', best=self.out_dir / 'best.pt')
+
+    def _on_signal(self, signum, _frame):
+        if self.stop_signal is not None:   # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        self.log(f'\n{signal.Signals(signum).name}: saving last.pt after this batch (again to abort at once)')
+
+    def _print_summary(self, model) -> None:
+        if not self.main:
+            return
+        try:
+            from model.summary import summarize
+        except ImportError:   # the summary module is optional
+            self.log(f'{self.cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters')
+            return
+        s = summarize(model, self.cfg.width, self.cfg.height)
+        parts = ', '.join(f'{part} {macs / 1e6:.1f}M' for part, macs in s['macs_by_part'].items())
+        self.log(f'{self.cfg.model} {self.cfg.width}x{self.cfg.height}: {s["params"]:,} parameters, '
+                 f'{s["flops"] / 1e9:.3f} GFLOPs (MACs by part: {parts})')
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.dataset.set_epoch(epoch)
+        indices = epoch_indices(len(self.dataset), self.options.seed, epoch, self.rank, self.world)
+        skip = self.skip_batches * self.mini_batch
+        self.skip_batches = 0
+        loader = DataLoader(self.dataset, batch_size=self.mini_batch, sampler=indices[skip:],
+                            num_workers=self.workers, collate_fn=collate, pin_memory=self.amp,
+                            drop_last=len(indices) >= 2 * self.mini_batch, worker_init_fn=_ignore_sigint)
+        self.model.train()
+        sums, batches, images_seen, bad_in_row, pending = {'box': 0., 'obj': 0., 'cls': 0., 'loss': 0.}, 0, 0, 0, 0
+        lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps)
+        started = time.time()
+        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not self.main, leave=True,
+                   dynamic_ncols=True)
+        batch_index = skip // self.mini_batch - 1
+        for batch_index, (images, targets) in enumerate(bar, start=skip // self.mini_batch):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device)
+            with torch.autocast('cuda', enabled=True) if self.amp else nullcontext():
+                outputs = self.net(images)
+            loss, parts = self.loss_fn(outputs, targets)
+            bad, stop = self._agree(not torch.isfinite(loss).item(), self.stop_signal is not None)
+            if bad:
+                bad_in_row += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                pending = 0
+                warnings.warn(f'epoch {epoch + 1} batch {batch_index}: loss is {float(loss)}; step skipped '
+                              f'({bad_in_row} in a row)')
+                if bad_in_row >= MAX_BAD_STEPS:
+                    raise RuntimeError(f'{bad_in_row} non-finite losses in a row at epoch {epoch + 1}: training '
+                                       f'diverged (lower learning_rate in {self.cfg.data_path}, or check labels)')
+            else:
+                bad_in_row = 0
+                self.scaler.scale(loss / cfg.subdivisions).backward()
+                pending += 1
+                if pending == cfg.subdivisions:
+                    self._optimizer_step()
+                    pending = 0
+                    lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps)
+                batches += 1
+                images_seen += len(images) * self.world
+                for key in ('box', 'obj', 'cls'):
+                    sums[key] += parts[key]
+                sums['loss'] += loss.item()
+                rate = images_seen / max(time.time() - started, 1e-9)
+                bar.set_postfix_str(' '.join(f'{k} {v / batches:.3f}' for k, v in sums.items())
+                                    + f' lr {lr:.2g} {rate:.1f} img/s')
+            if stop:
+                if pending:
+                    self._optimizer_step()
+                self._save('last.pt', epoch, batch_index + 1)
+                raise TrainingInterrupted(self.stop_signal or signal.SIGTERM, self.out_dir / 'last.pt')
+        if pending:   # the epoch's last, incomplete accumulation window
+            self._optimizer_step()
+        bar.close()
+        elapsed = time.time() - started
+        self._end_epoch(epoch, {k: v / max(batches, 1) for k, v in sums.items()}, lr, images_seen / elapsed, elapsed)
+
+    def _agree(self, bad: bool, stop: bool) -> tuple[bool, bool]:
+        """In DDP every process must skip (or stop at) the same batch, or the gradient all-reduce hangs."""
+        if self.world == 1:
+            return bad, stop
+        flags = torch.tensor([float(bad), float(stop)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _end_epoch(self, epoch: int, means: dict, lr: float, images_per_s: float, seconds: float) -> None:
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        map50 = map50_95 = None
+        if self.main and ((epoch + 1) % cfg.eval_interval == 0 or last):
+            from utils.evaluator import evaluate
+            result = evaluate(self.eval_model(), cfg)
+            map50, map50_95 = float(result.map50), float(result.map50_95)
+            self.log(f'epoch {epoch + 1}: mAP@0.5 {map50:.4f}  mAP@0.5:0.95 {map50_95:.4f}')
+            self.model.train()
+        if self.main:
+            improved = map50_95 is not None and map50_95 > self.best_score
+            if improved:
+                self.best_score, self.best_epoch = map50_95, epoch
+            self._write_results(dict(epoch=epoch + 1, lr=lr, **means, map50=map50, map50_95=map50_95,
+                                     images_per_s=images_per_s, epoch_s=seconds))
+            self._save('last.pt', epoch + 1, 0)
+            if improved or (last and not (self.out_dir / 'best.pt').exists()):
+                self._save('best.pt', epoch + 1, 0, light=True)
+        if self.world > 1:
+            dist.barrier()
+
+    def eval_model(self) -> nn.Module:
+        model = self.ema.model if self.ema is not None else self.model
+        return model.eval()
+
+    def _save(self, name: str, epoch: int, batches_done: int, light: bool = False) -> None:
+        """epoch: the epoch to continue at; batches_done: mini-batches of it already trained."""
+        if not self.main:
+            return
+        checkpoint = dict(model=self.model.state_dict(),
+                          ema=self.ema.model.state_dict() if self.ema is not None else None,
+                          epoch=epoch, batches_done=batches_done, best_map50_95=self.best_score,
+                          best_epoch=self.best_epoch, spec=self.model.spec.to_dict(),
+                          data=str(self.cfg.data_path), overrides=dict(epochs=self.cfg.epochs,
+                                                                      batch_size=self.cfg.batch_size),
+                          config=config_record(self.cfg), date=time.strftime('%Y-%m-%d %H:%M:%S'))
+        if checkpoint['ema'] is None:
+            del checkpoint['ema']
+        if not light:
+            checkpoint.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                              schedule=dict(optimizer_steps=self.optimizer_steps, world=self.world),
+                              ema_updates=self.ema.updates if self.ema is not None else 0, rng=rng_states())
+        save_atomic(checkpoint, self.out_dir / name)
+
+    def _restore(self, checkpoint: dict) -> None:
+        if 'optimizer' not in checkpoint:
+            raise ValueError(f'{self.options.resume}: has no optimizer state (best.pt?); resume from last.pt')
+        self.model.load_state_dict(checkpoint['model'])
+        self.optimizer.load_state_dict(checkpoint['optimizer'])
+        self.scaler.load_state_dict(checkpoint['scaler'])
+        if self.ema is not None and 'ema' in checkpoint:
+            self.ema.model.load_state_dict(checkpoint['ema'])
+            self.ema.updates = checkpoint['ema_updates']
+        self.start_epoch, self.skip_batches = checkpoint['epoch'], checkpoint['batches_done']
+        self.optimizer_steps = checkpoint['schedule']['optimizer_steps']
+        self.best_score, self.best_epoch = checkpoint['best_map50_95'], checkpoint['best_epoch']
+        set_rng_states(checkpoint['rng'])
+        self.log(f'resuming {self.options.resume} at epoch {self.start_epoch + 1}'
+                 + (f' batch {self.skip_batches}' if self.skip_batches else '')
+                 + f' (best mAP@0.5:0.95 so far {self.best_score:.4f})')
+
+    def _write_results(self, row: dict) -> None:
+        path = self.out_dir / 'results.csv'
+        new = not path.exists()
+        with open(path, 'a', newline='') as f:
+            writer = csv.DictWriter(f, RESULT_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: ('' if v is None else f'{v:.6g}' if isinstance(v, float) else v)
+                             for k, v in row.items()})
+        plot_results(path, self.out_dir / 'results.png')
+
+
+def plot_results(csv_path: Path, png_path: Path) -> None:
+    """Losses and mAP per epoch, from results.csv."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    with open(csv_path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r['epoch']) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ('box', 'obj', 'cls'):
+        axes[0].plot(epochs, [float(r[key]) for r in rows], label=key)
+    axes[0].set(title='training loss terms', xlabel='epoch')
+    axes[0].legend()
+    for key in ('map50', 'map50_95'):
+        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key]]
+        if points:
+            axes[1].plot(*zip(*points), marker='o', label=key)
+    axes[1].set(title='validation mAP (EMA model)', xlabel='epoch')
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
