@@ -132,10 +132,11 @@ def test_non_square_input_and_other_classes_export(tmp_path):
     """A custom model (3 classes, 320x192, untrained head) exports with the right shapes on every backend."""
     cfg = load_config(write_data_file(tmp_path, classes=3, width=320, height=192))
     torch.manual_seed(0)
-    model = build_model(cfg, log=lambda *_: None)
+    model = build_model(cfg, log=lambda *_: None).train()
     paths = export_all(model, cfg, tmp_path / 'custom.onnx')
     report = check_export(model, paths, bus_batch(320, 192))
     assert report.ok, report.text()
+    assert model.training and not model.export   # exporting mid-training leaves the model as it was
     assert [d.shape for d in report.diffs if d.backend == 'ncnn'] == [(1, 12, 20, 18), (1, 6, 10, 18)]
 
 

@@ -13,6 +13,7 @@ the fp32 weights bit-exact so NCNN matches PyTorch to ~1e-5 and a quantizer star
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -52,17 +53,27 @@ def pnnx_executable() -> Path:
     return Path(found)
 
 
+@contextlib.contextmanager
+def deployment_mode(model: torch.nn.Module):
+    """eval() and `.export = True` for the block, then the model's previous state: export may run mid-training."""
+    was_training, was_export = model.training, getattr(model, 'export', False)
+    model.eval()
+    model.export = True
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        model.export = was_export
+
+
 def export_onnx(model: torch.nn.Module, onnx_path, width: int, height: int, opset: int = 11,
                 simplify: bool = True) -> Path:
     """Write the model's deployment graph (one NHWC output per scale, stride order) to `onnx_path`."""
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    model.export = True
     dummy = torch.rand(1, 3, height, width)   # float 0..1 BGR: the deployment input
-    with torch.no_grad():
+    with deployment_mode(model), torch.no_grad(), warnings.catch_warnings():
         num_outputs = len(model(dummy))
-    with warnings.catch_warnings():
         # The exporter warns that it is the legacy one; that choice is deliberate (see the module docstring).
         warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(model, (dummy,), str(onnx_path), opset_version=opset, dynamo=False,
@@ -161,9 +172,7 @@ TOLERANCES = {'onnxruntime': 1e-4, 'opencv': 1e-4, 'ncnn': 1e-4}
 
 
 def run_torch(model, batch_nchw: np.ndarray) -> list[np.ndarray]:
-    model.eval()
-    model.export = True
-    with torch.no_grad():
+    with deployment_mode(model), torch.no_grad():
         return [out.numpy() for out in model(torch.from_numpy(batch_nchw))]
 
 
