@@ -68,7 +68,7 @@ def test_class_score_enters_the_alignment():
 
 
 def test_shared_point_goes_to_the_box_it_overlaps_most():
-    box_a, box_b = [0., 0, 24, 24], [8., 8, 32, 32]         # both hold the points (12, 12), (20, 12), (12, 20), (20, 20)
+    box_a, box_b = [0., 0, 24, 24], [8., 8, 32, 32]         # both hold (12, 12), (20, 12), (12, 20), (20, 20)
     pred = torch.tensor(box_a).repeat(GRID * GRID, 1)
     pred[index(1, 1)] = torch.tensor(box_b)                 # IoU 1 with B, 0.286 with A
     result = assign(pred, [box_a, box_b], [0, 1], topk=9)

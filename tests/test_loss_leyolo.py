@@ -1,0 +1,121 @@
+"""The LeYOLO loss: DFL by hand, no-box batches, and optimisation of raw head maps until the eval helper's own
+decode (utils/postprocess.py, written separately from this loss) finds the target boxes with the right classes."""
+import math
+
+import pytest
+import torch
+
+from model.detector import Detector
+from model.leyolo import LeYOLO
+from model.leyolo_head import LeYOLOHead
+from model.spec import HeadSpec
+from utils.loss import build_loss as build_any_loss
+from utils.loss_leyolo import LeYOLOLoss, build_loss, distribution_focal_loss
+from utils.postprocess import postprocess
+
+SIDE = 64                    # input pixels: grids 8x8, 4x4, 2x2
+CLASSES = 3
+
+
+def spec(classes=CLASSES):
+    return HeadSpec(kind='leyolo', strides=(8, 16, 32), num_classes=classes, input_width=SIDE, input_height=SIDE)
+
+
+def raw_maps(batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 64, SIDE // s, SIDE // s, generator=generator).mul_(0.1).requires_grad_(),
+             torch.randn(batch, CLASSES, SIDE // s, SIDE // s, generator=generator).sub_(4).requires_grad_())
+            for s in (8, 16, 32)]
+
+
+def test_distribution_focal_loss_by_hand():
+    # distance 2.25 lies between bins 2 and 3: weight 0.75 on bin 2, 0.25 on bin 3
+    p = torch.full((16,), 0.01)
+    p[2], p[3] = 0.6, 0.26
+    logits = p.log().expand(1, 4, 16)
+    expected = -(0.75 * math.log(0.6) + 0.25 * math.log(0.26))
+    assert torch.isclose(distribution_focal_loss(logits, torch.full((1, 4), 2.25)), torch.tensor(expected))
+
+
+def test_build_loss_is_picked_for_the_leyolo_head():
+    body = LeYOLO('nano')
+    model = Detector(body, None, LeYOLOHead(body.out_channels, CLASSES, spec()), spec())
+    assert isinstance(build_any_loss(model, None), LeYOLOLoss)
+
+
+def test_no_boxes_is_safe():
+    outputs = raw_maps()
+    loss, parts = build_loss(Detector(torch.nn.Identity(), None, torch.nn.Identity(), spec()))(
+        outputs, torch.zeros(0, 6))
+    assert torch.isfinite(loss) and parts['box'] == 0 and parts['dfl'] == 0 and parts['cls'] > 0
+    assert parts['matches'] == 0
+    loss.backward()
+    box_grad, cls_grad = outputs[0][0].grad, outputs[0][1].grad
+    assert box_grad.abs().sum() == 0 and torch.isfinite(cls_grad).all() and cls_grad.abs().sum() > 0
+    assert (cls_grad > 0).all()        # every class score is pushed down
+
+
+def test_bad_targets_are_named():
+    loss_fn = LeYOLOLoss(spec())
+    with pytest.raises(ValueError, match='class 3 but the model has 3 classes'):
+        loss_fn(raw_maps(), torch.tensor([[0, 3, 0.5, 0.5, 0.2, 0.2]]))
+    with pytest.raises(ValueError, match='expects 3 scales'):
+        loss_fn(raw_maps()[:2], torch.zeros(0, 6))
+
+
+def test_optimising_raw_maps_finds_the_targets():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    # [image, class, cx, cy, w, h] normalised: a small box (stride 8 scale), a big one, and a second image
+    targets = torch.tensor([[0, 1, 0.30, 0.35, 0.20, 0.25],
+                            [0, 2, 0.65, 0.60, 0.55, 0.60],
+                            [1, 0, 0.50, 0.50, 0.40, 0.30]])
+    outputs = raw_maps()
+    loss_fn = LeYOLOLoss(spec())
+    optimiser = torch.optim.Adam([t for pair in outputs for t in pair], lr=0.05)
+    history = []
+    for _ in range(150):
+        loss, parts = loss_fn(outputs, targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(loss.item())
+    assert history[5] < history[0] and history[-1] < 0.2 * history[0]
+
+    head = LeYOLOHead((32, 64, 96), CLASSES, spec())   # only its DFL expectation is used, to make the NHWC layout
+    with torch.no_grad():
+        deployed = [torch.cat((head.distances(box), cls.sigmoid()), 1).permute(0, 2, 3, 1) for box, cls in outputs]
+    detections = postprocess(deployed, spec(), conf_thresh=0.3, iou_thresh=0.5)
+    for image, found in enumerate(detections):
+        wanted = targets[targets[:, 0] == image]
+        assert len(found) == len(wanted), found
+        for row in wanted:
+            cx, cy, w, h = (row[2:] * SIDE).tolist()
+            box = torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+            ious = [_iou(box, torch.tensor(d[:4])) for d in found]
+            best = max(range(len(found)), key=lambda i: ious[i])
+            assert ious[best] > 0.85 and int(found[best][5]) == int(row[1])
+
+
+def _iou(a, b):
+    inter = (torch.min(a[2:], b[2:]) - torch.max(a[:2], b[:2])).clamp(min=0).prod()
+    return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
+
+
+def test_a_real_model_learns_a_tiny_batch():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    body = LeYOLO('nano')
+    model = Detector(body, None, LeYOLOHead(body.out_channels, CLASSES, spec()), spec()).train()
+    images = torch.rand(2, 3, SIDE, SIDE)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.5, 0.5], [1, 2, 0.5, 0.5, 0.3, 0.6]])
+    loss_fn = build_loss(model, None)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(8):
+        loss, _ = loss_fn(model(images), targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(loss.item())
+    assert all(math.isfinite(v) for v in history) and history[-1] < 0.7 * history[0], history
