@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument('--fp32-param', type=Path, help='an fp32 NCNN .param (its .bin beside it); default: '
                                                           'export the released Yolo-FastestV2 weights')
     parser.add_argument('--calib-images', type=int, default=128, help='first N coco128 train2017 images')
-    parser.add_argument('--method', default='kl', choices=('kl', 'minmax', 'mse'))
+    parser.add_argument('--method', default='mse', choices=('kl', 'minmax', 'mse'))
     parser.add_argument('--keep-fp32', nargs='*', default=[], help='layer names to leave in fp32')
     parser.add_argument('--size', type=int, default=352)
     parser.add_argument('--letterbox', action='store_true')

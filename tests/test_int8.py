@@ -48,6 +48,7 @@ class TinyNet(nn.Module):
 def structured_images(folder: Path, count: int, seed: int) -> list:
     """Gradients with filled rectangles and circles: image-like statistics, not white noise."""
     rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
     paths = []
     for i in range(count):
         h, w = 80, 96
@@ -85,8 +86,8 @@ def tiny(tmp_path_factory):
     subprocess.run([str(pnnx), 'tiny.onnx', f'inputshape=[1,3,{SIZE},{SIZE}]', 'fp16=0'], cwd=folder,
                    check=True, capture_output=True)
     return {'param': folder / 'tiny.ncnn.param', 'bin': folder / 'tiny.ncnn.bin', 'torch': model,
-            'folder': folder, 'calib': structured_images(folder, 16, seed=1),
-            'held_out': structured_images(folder, 6, seed=2)}
+            'folder': folder, 'calib': structured_images(folder / 'calib', 16, seed=1),
+            'held_out': structured_images(folder / 'held_out', 6, seed=2)}
 
 
 def worst_relative_diff(fp32_files, int8_files, images) -> dict:
@@ -321,3 +322,22 @@ def box_iou(box, boxes):
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
     return inter / (area(box) + area(boxes) - inter)
+
+
+def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_path):
+    """The pytorch2onnx.py path: X.param/.bin/.json + a Config -> X-int8.*, run through utils/ncnn_runtime.py."""
+    from utils.config import Config
+    from utils.int8 import int8_paths, quantize_with_config
+    from utils.ncnn_runtime import NcnnRuntime
+    for suffix in ('.param', '.bin'):
+        shutil.copyfile(tiny['param'].with_suffix(suffix), tmp_path / f'm{suffix}')
+    (tmp_path / 'm.json').write_text('{"input_blob": "in0", "output_blobs": ["out0", "out1"]}')
+    cfg = Config(data_path=tmp_path / 'x.data', classes=1, width=SIZE, height=SIZE, train=tiny['folder'] / 'calib')
+    report = quantize_with_config(tmp_path / 'm.param', cfg, calib_images=8, log=lambda *_: None)
+    assert report.calib_images_used == 8
+    assert int8_paths(tmp_path / 'm.param') == (tmp_path / 'm-int8.param', tmp_path / 'm-int8.bin')
+    batch = np.stack([chw for _, chw in load_calibration_inputs(tiny['held_out'], SIZE, SIZE, False)])
+    fp32_out = NcnnRuntime(tmp_path / 'm.param')(batch)
+    int8_out = NcnnRuntime(tmp_path / 'm-int8.param')(batch)
+    for a, b in zip(fp32_out, int8_out):
+        assert 0 < np.abs(a - b).max() <= TOLERANCE_OF_RANGE * np.abs(a).max()

@@ -151,3 +151,33 @@ def compare_outputs(report: Int8Report, model, fp32_files: tuple, int8_files: tu
             report.output_mean_abs_diff[blob] = report.output_mean_abs_diff.get(blob, 0.0) + mean
             absmax = float(np.abs(reference[blob]).max())
             report.output_fp32_absmax[blob] = max(report.output_fp32_absmax.get(blob, 0.0), absmax)
+
+
+def int8_paths(param_path) -> tuple:
+    """Where the INT8 model of `X.param` goes: `X-int8.param` / `X-int8.bin` (and `X-int8.json`)."""
+    param_path = Path(param_path)
+    stem = param_path.with_suffix('')
+    return stem.with_name(stem.name + '-int8').with_suffix('.param'), stem.with_name(stem.name + '-int8').with_suffix('.bin')
+
+
+def calibration_sample(image_paths: list, count: int) -> list:
+    """`count` images spread evenly over the list (every k-th), so one folder or class does not dominate."""
+    if count <= 0:
+        raise ValueError(f'--calib-images must be positive, got {count}')
+    step = max(1, len(image_paths) // count)
+    return list(image_paths)[::step][:count]
+
+
+def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', log=print) -> Int8Report:
+    """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export.py) on N
+    images of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
+    from utils.dataset import load_split
+    split = load_split(cfg, 'train', verbose=False)
+    images = calibration_sample(split.image_paths, calib_images)
+    if len(images) < calib_images:
+        log(f'INT8: the train split has {len(split.image_paths)} images; calibrating on {len(images)}')
+    out_param, out_bin = int8_paths(param_path)
+    report = quantize_ncnn(param_path, Path(param_path).with_suffix('.bin'), images, cfg.width, cfg.height,
+                           cfg.letterbox, out_param, out_bin, method=method)
+    log(report.summary())
+    return report
