@@ -7,7 +7,7 @@ import torch
 
 from conftest import shared_path
 from model.detector import Detector
-from model.leyolo import LeYOLO
+from model.leyolo import ConvBnAct, LeYOLO
 from model.leyolo_head import LeYOLOHead
 from model.leyolo_import import LeYOLOImportError, import_leyolo
 from model.spec import HeadSpec
@@ -153,3 +153,61 @@ def test_wrong_variant_and_foreign_files_are_refused(tmp_path):
     torch.save({'model': collections.Counter(a=1)}, foreign)      # a global outside our allow-list
     with pytest.raises(LeYOLOImportError, match='refusing to load global "collections.Counter"'):
         import_leyolo(make_detector('nano'), foreign)
+
+
+def ultralytics_gflops(model: Detector, height: int, width: int) -> float:
+    """GFLOPs as the fork prints them (notes section 6): 2 x (conv MACs + 4 per output element of each BatchNorm
+    that Ultralytics' fuse() leaves, i.e. all but those after bias-free convs + 1 per upsampled element), with
+    the DFL expectation counted as the fork's 16->1 1x1 conv."""
+    folded = {id(m.bn) for m in model.modules() if isinstance(m, ConvBnAct) and m.conv.bias is None}
+    counts = collections.Counter()
+
+    def conv_hook(module, _, out):
+        kh, kw = module.kernel_size
+        counts['macs'] += out.numel() * module.in_channels // module.groups * kh * kw
+
+    def elements_hook(key):
+        return lambda module, _, out: counts.update({key: out.numel()})
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, torch.nn.BatchNorm2d) and id(module) not in folded:
+            hooks.append(module.register_forward_hook(elements_hook('bn')))
+        elif isinstance(module, torch.nn.Upsample):
+            hooks.append(module.register_forward_hook(elements_hook('upsampled')))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, height, width))
+    for hook in hooks:
+        hook.remove()
+    points = sum((height // s) * (width // s) for s in (8, 16, 32))
+    dfl_macs = 4 * points * model.head.reg_max
+    return 2 * (counts['macs'] + dfl_macs + 4 * counts['bn'] + counts['upsampled']) / 1e9
+
+
+# The notes' table (section 6; medium/large intended wiring from section 3.3), computed on the fork's model.
+FORK_GFLOPS = [('nano', 320, 0.660, 3), ('nano', 640, 2.641, 3), ('small', 480, 2.534, 3), ('small', 640, 4.505, 3),
+               ('medium', 640, 5.90, 2), ('large', 768, 8.49, 2)]
+
+
+@pytest.mark.parametrize('variant, side, gflops, digits', FORK_GFLOPS)
+def test_flops_match_the_fork(variant, side, gflops, digits):
+    torch.set_num_threads(1)
+    assert round(ultralytics_gflops(make_detector(variant), side, side), digits) == gflops
+
+
+def test_nano_coco128_map_matches_the_fork(tmp_path, nano_imported):
+    """The fork's model + NMS on coco128 val @320 square letterbox scores mAP50-95 0.3288, mAP50 0.4519 with
+    pycocotools (notes section 9). Ours: the imported weights through our resize, BGR input and evaluator."""
+    from utils.config import load_config
+    from utils.evaluator import evaluate
+
+    images = shared_path('datasets/coco128/images/val2017')
+    (tmp_path / 'coco.names').write_text(''.join(f'class{i}\n' for i in range(80)))
+    data = tmp_path / 'coco128.data'
+    data.write_text(f'model = leyolo-nano\nhead = leyolo\nclasses = 80\nwidth = 320\nheight = 320\n'
+                    f'train = {images}\nval = {images}\nnames = coco.names\nletterbox = true\nworkers = 0\n')
+    model, _ = nano_imported
+    result = evaluate(model, load_config(data), conf=0.001, iou=0.7, progress=False)
+    assert abs(result.map50_95 - 0.3288) < 0.002 and abs(result.map50 - 0.4519) < 0.002, result.summary()
