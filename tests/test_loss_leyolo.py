@@ -59,6 +59,8 @@ def test_bad_targets_are_named():
     loss_fn = LeYOLOLoss(spec())
     with pytest.raises(ValueError, match='class 3 but the model has 3 classes'):
         loss_fn(raw_maps(), torch.tensor([[0, 3, 0.5, 0.5, 0.2, 0.2]]))
+    with pytest.raises(ValueError, match='image 2 of a batch of 2 images'):
+        loss_fn(raw_maps(), torch.tensor([[2, 0, 0.5, 0.5, 0.2, 0.2]]))
     with pytest.raises(ValueError, match='expects 3 scales'):
         loss_fn(raw_maps()[:2], torch.zeros(0, 6))
 

@@ -98,8 +98,10 @@ class LeYOLOLoss:
         if len(targets) and int(targets[:, 1].max()) >= self.num_classes:
             raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
                              f'{self.num_classes} classes (check `classes` in the .data file)')
-        device = outputs[0][0].device
         batch = outputs[0][0].shape[0]
+        if len(targets) and not 0 <= int(targets[:, 0].min()) <= int(targets[:, 0].max()) < batch:
+            raise ValueError(f'a target names image {int(targets[:, 0].max())} of a batch of {batch} images')
+        device = outputs[0][0].device
         # (B, A, 4, reg_max) box logits and (B, A, C) class logits, scales concatenated
         box_logits = torch.cat([b.float().flatten(2) for b, _ in outputs], 2).transpose(1, 2)
         box_logits = box_logits.reshape(batch, -1, 4, self.reg_max)
