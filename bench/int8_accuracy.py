@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/int8_accuracy.py                       # released Yolo-FastestV2, coco128, 352 stretch
     .venv/bin/python bench/int8_accuracy.py --calib-images 32 --method minmax --keep-fp32 conv_0
+    .venv/bin/python bench/int8_accuracy.py --model leyolo-nano          # 320 letterbox
 
-Exports the released Yolo-FastestV2 weights (../shared/weights/yolo-fastestv2) to fp32 NCNN through the
+Exports the released weights (../shared/weights: Yolo-FastestV2 or LeYOLO-nano) to fp32 NCNN through the
 project's own export (utils/export.py, pnnx fp16=0), or takes --fp32-param; calibrates INT8 on coco128
-train2017 (the first N images) with utils/int8.py; then runs both NCNN models over coco128 val2017 with the
+train2017 (N images spread over it) with utils/int8.py; then runs both NCNN models over coco128 val2017 with the
 same pre-processing, decode and NMS (utils/postprocess.py) and scores them with pycocotools. The baseline is
 the fp32 NCNN model measured in the same run.
 Targets (issue 10): INT8 mAP@0.5 within 1.5 points of fp32, INT8 .bin at most 40% of fp32, no image where fp32
@@ -30,13 +31,17 @@ SHARED = REPO.parent / 'shared'
 sys.path.insert(0, str(REPO))
 
 from utils.config import YFV2_COCO_ANCHORS_352, Config  # noqa: E402
-from utils.int8 import quantize_ncnn  # noqa: E402
+from utils.int8 import calibration_sample, quantize_ncnn  # noqa: E402
 from utils.int8_calibrate import load_ncnn_net, run_blobs  # noqa: E402
 from utils.int8_write import NcnnModel, read_param  # noqa: E402
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor  # noqa: E402
 
 COCO128 = SHARED / 'datasets' / 'coco128'
-RELEASED = SHARED / 'weights' / 'yolo-fastestv2' / 'coco2017-0.241078ap-model.pth'
+# --model -> (released weights, head, input size, letterbox): how each was trained and is deployed
+MODELS = {
+    'yolo-fastestv2': (SHARED / 'weights' / 'yolo-fastestv2' / 'coco2017-0.241078ap-model.pth', 'anchor', 352, False),
+    'leyolo-nano': (SHARED / 'weights' / 'leyolo' / 'LeYOLONano.pt', 'leyolo', 320, True),
+}
 DEPLOY_CONF, DEPLOY_NMS_IOU = 0.3, 0.4        # the C++ demo's thresholds, for the "empty result" count
 CLEAR_MARGIN = 0.1
 
@@ -47,7 +52,7 @@ def export_released(cfg, workdir: Path) -> tuple:
     from utils.export import convert_to_ncnn, export_onnx
     torch.set_num_threads(1)
     model = build_model(cfg, log=lambda *_: None)
-    onnx_path = export_onnx(model, workdir / 'yfv2_fp32.onnx', cfg.width, cfg.height)
+    onnx_path = export_onnx(model, workdir / f'{cfg.model}_fp32.onnx', cfg.width, cfg.height)
     return convert_to_ncnn(onnx_path, cfg.width, cfg.height)
 
 
@@ -104,22 +109,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--fp32-param', type=Path, help='an fp32 NCNN .param (its .bin beside it); default: '
                                                           'export the released Yolo-FastestV2 weights')
-    parser.add_argument('--calib-images', type=int, default=128, help='first N coco128 train2017 images')
+    parser.add_argument('--calib-images', type=int, default=128, help='N coco128 train2017 images (every k-th)')
     parser.add_argument('--method', default='mse', choices=('kl', 'minmax', 'mse'))
+    parser.add_argument('--no-bias-correction', action='store_true', help="'mse' only: keep the original biases")
     parser.add_argument('--keep-fp32', nargs='*', default=[], help='layer names to leave in fp32')
-    parser.add_argument('--size', type=int, default=352)
-    parser.add_argument('--letterbox', action='store_true')
+    parser.add_argument('--model', default='yolo-fastestv2', choices=tuple(MODELS))
     parser.add_argument('--workdir', type=Path, help='keep the models here (default: a temporary folder)')
     args = parser.parse_args()
-    for needed in (COCO128, RELEASED):
+    weights, head, size, letterbox = MODELS[args.model]
+    for needed in (COCO128, weights):
         if not needed.exists():
             print(f'{needed} is absent: this benchmark needs ../shared')
             return 2
 
     from model.build import make_spec
     from utils.dataset import load_split
-    cfg = Config(data_path=Path('bench.data'), classes=80, anchors=YFV2_COCO_ANCHORS_352, width=args.size,
-                 height=args.size, letterbox=args.letterbox, pre_weights=RELEASED,
+    cfg = Config(data_path=Path('bench.data'), model=args.model, head=head, classes=80, width=size, height=size,
+                 anchors=YFV2_COCO_ANCHORS_352 if head == 'anchor' else (), letterbox=letterbox, pre_weights=weights,
                  train=COCO128 / 'images' / 'train2017', val=COCO128 / 'images' / 'val2017')
     spec = make_spec(cfg)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix='int8_bench_'))
@@ -129,13 +135,13 @@ def main() -> int:
             fp32_param, fp32_bin = args.fp32_param, args.fp32_param.with_suffix('.bin')
         else:
             fp32_param, fp32_bin = export_released(cfg, workdir)
-        calib = load_split(cfg, 'train', verbose=False).image_paths[:args.calib_images]
+        calib = calibration_sample(load_split(cfg, 'train', verbose=False).image_paths, args.calib_images)
         val = load_split(cfg, 'val', verbose=False)
 
         start = time.perf_counter()
         report = quantize_ncnn(fp32_param, fp32_bin, calib, cfg.width, cfg.height, cfg.letterbox,
                                workdir / 'int8.param', workdir / 'int8.bin', method=args.method,
-                               keep_fp32=tuple(args.keep_fp32))
+                               keep_fp32=tuple(args.keep_fp32), bias_correction=not args.no_bias_correction)
         quantize_s = time.perf_counter() - start
         print(report.summary())
         print(f'  quantization took {quantize_s:.1f} s')

@@ -341,3 +341,28 @@ def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_p
     int8_out = NcnnRuntime(tmp_path / 'm-int8.param')(batch)
     for a, b in zip(fp32_out, int8_out):
         assert 0 < np.abs(a - b).max() <= TOLERANCE_OF_RANGE * np.abs(a).max()
+
+
+@pytest.mark.parametrize('correct', [True, False])
+def test_bias_correction_moves_biases_only_slightly_and_only_when_asked(tiny, tmp_path, correct):
+    """The written biases are the fp32 ones minus the mean INT8 error: a small shift, zero when switched off."""
+    out_param, out_bin = tmp_path / 'q.param', tmp_path / 'q.bin'
+    quantize_ncnn(tiny['param'], tiny['bin'], tiny['calib'], SIZE, SIZE, False, out_param, out_bin,
+                  method='mse', bias_correction=correct)
+    fp32 = read_ncnn_model(tiny['param'], tiny['bin'])
+    raw, offset, shifts = out_bin.read_bytes(), 0, []
+    for layer in read_param(out_param)[0]:
+        arrays = fp32.weights[layer.name]
+        if layer.params.get(8) is None:
+            offset += sum(len(a.raw) for a in arrays)
+            continue
+        offset += 4 + (arrays[0].values.size + 3) // 4 * 4
+        bias = np.frombuffer(raw, np.float32, arrays[1].values.size, offset)
+        shifts.append(np.abs(bias - arrays[1].values).max() / max(np.abs(arrays[1].values).max(), 1e-6))
+        rows = int(layer.params[7]) if layer.type == 'ConvolutionDepthWise' else int(layer.params[0])
+        offset += bias.nbytes + 4 * rows + 4
+    assert len(shifts) == 6
+    if correct:
+        assert 0 < max(shifts) < 0.2
+    else:
+        assert max(shifts) == 0

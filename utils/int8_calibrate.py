@@ -168,7 +168,9 @@ def _kl_block(h: np.ndarray, cum_h: np.ndarray, thresholds: np.ndarray) -> np.nd
 # each quantized layer exactly as NCNN computes it (int8 input, int8 weights, integer accumulation, dequantize,
 # bias, fused activation) in PyTorch on the fp32 input blobs of the calibration images, for candidate thresholds
 # from absmax down to absmax/16 plus the KL threshold, and keeps the one with the least squared error of the
-# layer's own output.
+# layer's own output. The same simulation measures each layer's mean error per output channel before its
+# activation at the chosen threshold: the bias shift that quantization causes, which utils/int8.py subtracts from
+# the bias (bias correction).
 
 MSE_CANDIDATES = 16          # absmax * 2**(-k/4), k = 0..15
 
@@ -193,14 +195,20 @@ def _activation(kind: int, params: list):
     return lambda y: y            # none, or one we do not simulate: compare before the activation
 
 
-def layer_function(layer, weights: np.ndarray, bias):
-    """A torch function (C, H, W) -> output computing `layer` with the given (possibly fake-quantized) weights;
-    None for layouts this simulator does not cover (the caller then keeps the KL threshold)."""
+def layer_activation(layer):
+    """The activation NCNN fuses into a conv/fc layer (key 9, parameters in key 10) as a torch function."""
+    act_params = [float(v) for v in layer.params.get(-23310, '0').split(',')[1:]]
+    return _activation(layer.int_param(9, 0), act_params)
+
+
+def layer_function(layer, weights: np.ndarray, bias, activate: bool = True):
+    """A torch function (C, H, W) -> output computing `layer` with the given (possibly fake-quantized) weights,
+    with or without its fused activation; None for layouts this simulator does not cover (the caller then keeps
+    the KL threshold)."""
     import torch
     import torch.nn.functional as F
     p = layer.int_param
-    act_params = [float(v) for v in layer.params.get(-23310, '0').split(',')[1:]]
-    activation = _activation(p(9, 0), act_params)
+    activation = layer_activation(layer) if activate else (lambda y: y)
     bias_t = None if bias is None else torch.tensor(bias)
     if layer.type == 'InnerProduct':
         w = torch.tensor(weights.reshape(p(0, 0), -1))
@@ -224,13 +232,24 @@ def layer_function(layer, weights: np.ndarray, bias):
     return run
 
 
+def _channel_means(y):
+    """Mean over everything but the channel axis: (C, H, W) -> (C,), InnerProduct's (1, N) -> (N,)."""
+    return y.reshape(y.shape[0], -1).mean(1).numpy() if y.dim() == 3 else y.reshape(-1).numpy()
+
+
 def mse_thresholds(layers: list, weights: dict, weight_scales_by_layer: dict, stats: dict, net, input_blob: str,
-                   inputs: list) -> dict:
-    """Blob name -> BlobStats with the threshold minimising the summed output error of the layers reading it."""
+                   inputs: list) -> tuple:
+    """Search each blob's threshold (see above) and measure each layer's systematic error.
+
+    Returns (blob name -> BlobStats with the threshold minimising the summed output error of the layers reading
+    it, layer name -> per-output-channel mean of (INT8 - fp32) before the activation at that threshold). The
+    second is the bias shift quantization causes; subtracting it from the bias ("bias correction", Nagel et al.
+    2019) removes the part of the error that does not average out.
+    """
     import torch
     from utils.int8_write import quantize_to_int8
     torch.set_num_threads(1)
-    plans = []        # (layer, fp32 function, fake-quantized-weight function, candidate thresholds)
+    plans = []        # (layer, fp32 function, fake-quantized-weight function, activation, candidate thresholds)
     for layer in layers:
         s = stats[layer.bottoms[0]]
         arrays = weights[layer.name]
@@ -238,30 +257,37 @@ def mse_thresholds(layers: list, weights: dict, weight_scales_by_layer: dict, st
         w_scales = weight_scales_by_layer[layer.name]
         w_fake = quantize_to_int8(arrays[0].values, w_scales).astype(np.float32).reshape(len(w_scales), -1) \
             / w_scales[:, None]
-        exact, fake = layer_function(layer, arrays[0].values, bias), layer_function(layer, w_fake.reshape(-1), bias)
+        exact = layer_function(layer, arrays[0].values, bias, activate=False)
+        fake = layer_function(layer, w_fake.reshape(-1), bias, activate=False)
         if exact is None or s.absmax == 0:
             continue
         candidates = sorted({s.threshold, *(s.absmax * 2.0 ** (-k / 4) for k in range(MSE_CANDIDATES))})
-        plans.append((layer, exact, fake, np.array(candidates)))
-    errors = {layer.name: np.zeros(len(c)) for layer, _, _, c in plans}
-    blobs = sorted({layer.bottoms[0] for layer, *_ in plans})
+        plans.append((layer, exact, fake, layer_activation(layer), np.array(candidates)))
+    errors = {plan[0].name: np.zeros(len(plan[-1])) for plan in plans}
+    shifts = {plan[0].name: [0.0] * len(plan[-1]) for plan in plans}
+    blobs = sorted({plan[0].bottoms[0] for plan in plans})
     with torch.no_grad():
         for chw in inputs:
             values = run_blobs(net, input_blob, blobs, chw)
-            for layer, exact, fake, candidates in plans:
+            for layer, exact, fake, activation, candidates in plans:
                 x = torch.from_numpy(values[layer.bottoms[0]])
-                reference = exact(x)
+                reference_pre = exact(x)
+                reference = activation(reference_pre)
                 for i, threshold in enumerate(candidates):
                     scale = 127.0 / threshold
-                    x_fake = torch.clamp(round_half_away(x * scale), -127, 127) / scale
-                    errors[layer.name][i] += float(((fake(x_fake) - reference) ** 2).sum())
+                    y_pre = fake(torch.clamp(round_half_away(x * scale), -127, 127) / scale)
+                    errors[layer.name][i] += float(((activation(y_pre) - reference) ** 2).sum())
+                    shifts[layer.name][i] = shifts[layer.name][i] + _channel_means(y_pre - reference_pre) / len(inputs)
     # Layers sharing an input blob share its scale: add their errors up.
     by_blob = {}
-    for layer, _, _, candidates in plans:
+    for layer, *_, candidates in plans:
         total, _ = by_blob.get(layer.bottoms[0], (0, candidates))
         by_blob[layer.bottoms[0]] = (total + errors[layer.name], candidates)
-    chosen = dict(stats)
+    chosen, best = dict(stats), {}
     for blob, (total, candidates) in by_blob.items():
-        threshold = float(candidates[int(np.argmin(total))])
+        best[blob] = int(np.argmin(total))
+        threshold = float(candidates[best[blob]])
         chosen[blob] = BlobStats(stats[blob].absmax, threshold, 127.0 / threshold)
-    return chosen
+    bias_shift = {layer.name: np.asarray(shifts[layer.name][best[layer.bottoms[0]]], np.float32)
+                  for layer, *_ in plans}
+    return chosen, bias_shift

@@ -234,6 +234,7 @@ class LayerScales:
     scale of its input activations (127 / threshold)."""
     weight_scales: np.ndarray
     input_scale: float
+    bias: np.ndarray | None = None     # a replacement bias (bias correction); None keeps the model's own
 
 
 def int8_scale_term(layer_type: str) -> int:
@@ -257,7 +258,8 @@ def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin) -> None
         int8_weights = quantize_to_int8(arrays[0].values, weight_scales)
         chunks.append(struct.pack('<I', TAG_INT8) + int8_weights.tobytes() + b'\0' * (_align4(len(int8_weights))
                                                                                     - len(int8_weights)))
-        chunks.extend(a.raw for a in arrays[1:])        # bias stays float32
+        if len(arrays) > 1:                             # bias stays float32 (type 1, no tag)
+            chunks.append(arrays[1].raw if s.bias is None else np.asarray(s.bias, np.float32).tobytes())
         chunks.append(weight_scales.tobytes())
         chunks.append(np.float32(s.input_scale).tobytes())
         params = dict(layer.params)
