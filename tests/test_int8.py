@@ -341,6 +341,8 @@ def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_p
     int8_out = NcnnRuntime(tmp_path / 'm-int8.param')(batch)
     for a, b in zip(fp32_out, int8_out):
         assert 0 < np.abs(a - b).max() <= TOLERANCE_OF_RANGE * np.abs(a).max()
+    with pytest.raises(ValueError, match='x.data: INT8 calibration reads images of the "train" split'):
+        quantize_with_config(tmp_path / 'm.param', Config(data_path=tmp_path / 'x.data'), calib_images=8)
 
 
 @pytest.mark.parametrize('correct', [True, False])

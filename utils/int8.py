@@ -180,7 +180,12 @@ def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse'
     """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export.py) on N
     images of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
     from utils.dataset import load_split
+    if cfg.train is None:
+        raise ValueError(f'{cfg.data_path}: INT8 calibration reads images of the "train" split, and this .data '
+                         f'file has no "train" key')
     split = load_split(cfg, 'train', verbose=False)
+    if not split.image_paths:
+        raise ValueError(f'{cfg.where("train")}: the train split has no usable image to calibrate INT8 on')
     images = calibration_sample(split.image_paths, calib_images)
     if len(images) < calib_images:
         log(f'INT8: the train split has {len(split.image_paths)} images; calibrating on {len(images)}')
