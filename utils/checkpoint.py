@@ -27,11 +27,18 @@ def save_atomic(obj, path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())   # the bytes are on disk before the rename makes them visible
+        os.chmod(temp, 0o666 & ~_umask())   # mkstemp makes the file private; give it normal permissions
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.remove(temp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, map_location='cpu') -> dict:
