@@ -8,6 +8,7 @@ inference `--runs` times and print the median in ms. The backends run interleave
 a load change on a shared machine hits all of them alike; the shipped reference NCNN model
 (../shared/weights/yolo-fastestv2/yolo-fastestv2-opt.param, 352x352) runs in the same loop, and the script prints
 ours/reference for NCNN (target <= 1.0 for yolo-fastestv2 at 352). NCNN runs fp32 (fp16 off) for both models.
+On a shared machine the ratio moves by a few per cent from run to run: compare several runs, or use --runs 300.
 Weights: the released ones where they exist (latency does not depend on their values, but real ones rule out
 denormal slow paths), else the initial weights.
 """
