@@ -133,3 +133,9 @@ def test_class_beyond_the_model_is_a_clear_error():
     outputs = perfect_outputs(spec, torch.zeros((0, 6)), 1)
     with pytest.raises(ValueError, match='class 5 but the model has 3 classes'):
         AnchorLoss(spec)(outputs, torch.tensor([[0, 5, 0.5, 0.5, 0.2, 0.2]]))
+
+
+def test_build_loss_dispatches_on_the_head_kind():
+    loss_leyolo = pytest.importorskip('utils.loss_leyolo')
+    spec = HeadSpec(kind='leyolo', strides=(8, 16, 32), num_classes=3, input_width=64, input_height=64)
+    assert isinstance(build_loss(SimpleNamespace(spec=spec), cfg=None), loss_leyolo.LeYOLOLoss)

@@ -42,9 +42,10 @@ from utils.loss import build_loss
 from utils.train_data import TrainDataset, collate
 
 WARMUP_MOMENTUM = 0.8
-WARMUP_BIAS_LR_FACTOR = 10.0   # YOLOv5: warmup_bias_lr 0.1 with lr0 0.01
+WARMUP_BIAS_LR_FACTOR = 10.0  # YOLOv5: warmup_bias_lr 0.1 with lr0 0.01
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
-RESULT_COLUMNS = ['epoch', 'lr', 'box', 'obj', 'cls', 'loss', 'map50', 'map50_95', 'images_per_s', 'epoch_s']
+# results.csv: these columns around the loss terms the head's loss reports (anchor: box obj cls; leyolo: + dfl)
+RESULT_FIRST, RESULT_LAST = ['epoch', 'lr'], ['loss', 'map50', 'map50_95', 'images_per_s', 'epoch_s']
 
 
 class TrainingInterrupted(Exception):
@@ -247,7 +248,7 @@ class _Run:
                             num_workers=self.workers, collate_fn=collate, pin_memory=self.amp,
                             drop_last=len(indices) >= 2 * self.mini_batch, worker_init_fn=_ignore_sigint)
         self.model.train()
-        sums, batches, images_seen, bad_in_row, pending = {'box': 0., 'obj': 0., 'cls': 0., 'loss': 0.}, 0, 0, 0, 0
+        sums, batches, images_seen, bad_in_row, pending = {}, 0, 0, 0, 0
         lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps)
         started = time.time()
         bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not self.main, leave=True,
@@ -279,9 +280,10 @@ class _Run:
                     lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps)
                 batches += 1
                 images_seen += len(images) * self.world
-                for key in ('box', 'obj', 'cls'):
-                    sums[key] += parts[key]
-                sums['loss'] += loss.item()
+                for key, value in parts.items():
+                    if key != 'matches':
+                        sums[key] = sums.get(key, 0.0) + value
+                sums['loss'] = sums.get('loss', 0.0) + loss.item()
                 rate = images_seen / max(time.time() - started, 1e-9)
                 bar.set_postfix_str(' '.join(f'{k} {v / batches:.3f}' for k, v in sums.items())
                                     + f' lr {lr:.2g} {rate:.1f} img/s')
@@ -380,8 +382,14 @@ class _Run:
     def _write_results(self, row: dict) -> None:
         path = self.out_dir / 'results.csv'
         new = not path.exists()
+        if new:
+            terms = [k for k in row if k not in RESULT_FIRST + RESULT_LAST]
+            columns = RESULT_FIRST + terms + RESULT_LAST
+        else:   # a resumed run appends under the header it wrote before
+            with open(path, newline='') as f:
+                columns = next(csv.reader(f))
         with open(path, 'a', newline='') as f:
-            writer = csv.DictWriter(f, RESULT_COLUMNS)
+            writer = csv.DictWriter(f, columns, restval='', extrasaction='ignore')
             if new:
                 writer.writeheader()
             writer.writerow({k: ('' if v is None else f'{v:.6g}' if isinstance(v, float) else v)
@@ -398,10 +406,13 @@ def plot_results(csv_path: Path, png_path: Path) -> None:
         rows = list(csv.DictReader(f))
     epochs = [int(r['epoch']) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ('box', 'obj', 'cls'):
-        axes[0].plot(epochs, [float(r[key]) for r in rows], label=key)
+    terms = [k for k in (rows[0] if rows else {}) if k not in RESULT_FIRST + RESULT_LAST]
+    for key in terms:
+        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key]]
+        axes[0].plot(*zip(*points), label=key)
     axes[0].set(title='training loss terms', xlabel='epoch')
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     for key in ('map50', 'map50_95'):
         points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key]]
         if points:
