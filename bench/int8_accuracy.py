@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from utils.int8_write import NcnnModel, read_param  # noqa: E402
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor  # noqa: E402
 
 COCO128 = SHARED / 'datasets' / 'coco128'
+ARM_CLI = REPO / 'sample' / 'ncnn' / 'build' / 'arm64' / 'tinydet_cli'
 # --model -> (released weights, head, input size, letterbox): how each was trained and is deployed
 MODELS = {
     'yolo-fastestv2': (SHARED / 'weights' / 'yolo-fastestv2' / 'coco2017-0.241078ap-model.pth', 'anchor', 352, False),
@@ -54,6 +56,38 @@ def export_released(cfg, workdir: Path) -> tuple:
     model = build_model(cfg, log=lambda *_: None)
     onnx_path = export_onnx(model, workdir / f'{cfg.model}_fp32.onnx', cfg.width, cfg.height)
     return convert_to_ncnn(onnx_path, cfg.width, cfg.height)
+
+
+def arm_detections(param_path, images: list, cpu: str) -> list:
+    """Run the C++ app's aarch64 build (sample/ncnn, built by its build.sh) under qemu on each image: per image an
+    (M, 6) array [x1, y1, x2, y2, score, class] in original pixels, as the app prints them."""
+    results = []
+    for image in images:
+        command = ['qemu-aarch64', '-cpu', cpu, '-L', '/usr/aarch64-linux-gnu', str(ARM_CLI), str(param_path),
+                   str(image), '--out', str(Path(param_path).with_suffix('.drawn.jpg'))]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
+        rows = [line.split() for line in done.stdout.splitlines() if line.strip()]   # the count goes to stderr
+        results.append(np.array([[float(r[2]), float(r[3]), float(r[4]), float(r[5]), float(r[1]), float(r[0])]
+                                 for r in rows], np.float32).reshape(-1, 6))
+    return results
+
+
+def matched_fraction(reference: list, other: list, min_score: float = 0.5, min_iou: float = 0.5) -> tuple:
+    """(found, total): reference detections scoring >= min_score that `other` has too (same class, IoU >= min_iou)."""
+    found = total = 0
+    for ref, oth in zip(reference, other):
+        for box in ref[ref[:, 4] >= min_score]:
+            total += 1
+            same = oth[oth[:, 5] == box[5]]
+            if len(same):
+                x1, y1 = np.maximum(box[0], same[:, 0]), np.maximum(box[1], same[:, 1])
+                x2, y2 = np.minimum(box[2], same[:, 2]), np.minimum(box[3], same[:, 3])
+                inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+                union = (box[2] - box[0]) * (box[3] - box[1]) + (same[:, 2] - same[:, 0]) * (same[:, 3] - same[:, 1])
+                found += bool((inter / (union - inter)).max() >= min_iou)
+    return found, total
 
 
 def coco_ground_truth(split) -> dict:
@@ -114,6 +148,9 @@ def main() -> int:
     parser.add_argument('--no-bias-correction', action='store_true', help="'mse' only: keep the original biases")
     parser.add_argument('--keep-fp32', nargs='*', default=[], help='layer names to leave in fp32')
     parser.add_argument('--model', default='yolo-fastestv2', choices=tuple(MODELS))
+    parser.add_argument('--arm', nargs='*', metavar='CPU', help='also run fp32 and INT8 through the C++ app '
+                        'built for aarch64 (sample/ncnn/build/arm64) under qemu on ../shared/images, on these CPUs '
+                        '(default cortex-a53 cortex-a76): NCNN\'s ARM INT8 kernels are not the x86 ones')
     parser.add_argument('--workdir', type=Path, help='keep the models here (default: a temporary folder)')
     args = parser.parse_args()
     weights, head, size, letterbox = MODELS[args.model]
@@ -138,6 +175,9 @@ def main() -> int:
         calib = calibration_sample(load_split(cfg, 'train', verbose=False).image_paths, args.calib_images)
         val = load_split(cfg, 'val', verbose=False)
 
+        if args.arm is not None:     # the C++ app needs the sidecar; quantize_ncnn copies it beside the INT8 model
+            from utils.export import write_sidecar
+            write_sidecar(fp32_param, spec, [str(i) for i in range(80)], cfg.letterbox)
         start = time.perf_counter()
         report = quantize_ncnn(fp32_param, fp32_bin, calib, cfg.width, cfg.height, cfg.letterbox,
                                workdir / 'int8.param', workdir / 'int8.bin', method=args.method,
@@ -177,8 +217,20 @@ def main() -> int:
         drop = 100 * (rows['fp32'][0] - rows['int8'][0])
         print(f'\nmAP@0.5 drop: {drop:.2f} points (target <= 1.5)  '
               f'size: {100 * report.size_ratio:.1f}% of fp32 (target <= 40%)  '
-              f'images that lost every detection: {len(lost)} (+{len(borderline)} borderline)  speed int8/fp32: {rows["int8"][3] / rows["fp32"][3]:.2f}x')
-        ok = drop <= 1.5 and report.size_ratio <= 0.40 and not lost
+              f'images that lost every detection: {len(lost)} (+{len(borderline)} borderline)  '
+              f'speed int8/fp32: {rows["int8"][3] / rows["fp32"][3]:.2f}x')
+        arm_ok = True
+        for cpu in (args.arm or ['cortex-a53', 'cortex-a76']) if args.arm is not None else []:
+            images = sorted((SHARED / 'images').glob('*.jpg'))
+            fp32_arm = arm_detections(fp32_param, images, cpu)
+            int8_arm = arm_detections(workdir / 'int8.param', images, cpu)
+            found, total = matched_fraction(fp32_arm, int8_arm)
+            empty = sum(len(d) == 0 for d in int8_arm)
+            print(f'aarch64 {cpu} (qemu), {len(images)} images of ../shared/images: fp32 {sum(map(len, fp32_arm))} '
+                  f'detections, INT8 {sum(map(len, int8_arm))}; fp32 detections >= 0.5 found by INT8: '
+                  f'{found}/{total}; INT8 images with none: {empty}')
+            arm_ok = arm_ok and found == total and sum(map(len, int8_arm)) > 0
+        ok = drop <= 1.5 and report.size_ratio <= 0.40 and not lost and arm_ok
         print('PASS' if ok else 'FAIL')
         return 0 if ok else 1
     finally:

@@ -46,7 +46,8 @@ class Int8Report:
     layers: list                          # LayerReport per Convolution / ConvolutionDepthWise / InnerProduct
     fp32_bytes: int
     int8_bytes: int
-    # Checked on up to `check_images` calibration inputs: max |int8 - fp32| per output blob, and its fp32 range.
+    bias_corrected: int = 0               # layers whose bias was corrected ('mse' with bias_correction)
+    # Checked on up to `check_images` calibration inputs, per output blob: max and mean |int8 - fp32|, fp32 range.
     output_max_abs_diff: dict = field(default_factory=dict)
     output_fp32_absmax: dict = field(default_factory=dict)
     output_mean_abs_diff: dict = field(default_factory=dict)
@@ -57,7 +58,8 @@ class Int8Report:
 
     def summary(self) -> str:
         quantized = sum(layer.quantized for layer in self.layers)
-        lines = [f'INT8 ({self.method}): {quantized}/{len(self.layers)} conv/fc layers quantized, '
+        lines = [f'INT8 ({self.method}): {quantized}/{len(self.layers)} conv/fc layers quantized '
+                 f'({self.bias_corrected} with bias correction), '
                  f'calibrated on {self.calib_images_used} images ({len(self.calib_images_skipped)} unreadable '
                  f'skipped)',
                  f'  size: {self.int8_bytes / 1024:.1f} KiB vs fp32 {self.fp32_bytes / 1024:.1f} KiB '
@@ -136,7 +138,7 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
         layer_reports.append(LayerReport(layer.name, layer.type, s is not None, layer.bottoms[0],
                                          *((s.absmax, s.threshold, s.scale) if s else ())))
     report = Int8Report(method, len(inputs), skipped, layer_reports,
-                        Path(bin_path).stat().st_size, Path(out_bin).stat().st_size)
+                        Path(bin_path).stat().st_size, Path(out_bin).stat().st_size, len(corrected_bias))
     compare_outputs(report, model, (param_path, bin_path), (out_param, out_bin), inputs[:check_images])
     # The sidecar (input size, blob names, anchors) describes the INT8 model as well: give it one too.
     sidecar, out_sidecar = Path(param_path).with_suffix('.json'), Path(out_param).with_suffix('.json')
@@ -163,9 +165,9 @@ def compare_outputs(report: Int8Report, model, fp32_files: tuple, int8_files: tu
 
 def int8_paths(param_path) -> tuple:
     """Where the INT8 model of `X.param` goes: `X-int8.param` / `X-int8.bin` (and `X-int8.json`)."""
-    param_path = Path(param_path)
-    stem = param_path.with_suffix('')
-    return stem.with_name(stem.name + '-int8').with_suffix('.param'), stem.with_name(stem.name + '-int8').with_suffix('.bin')
+    stem = Path(param_path).with_suffix('')
+    int8_stem = stem.with_name(stem.name + '-int8')
+    return int8_stem.with_suffix('.param'), int8_stem.with_suffix('.bin')
 
 
 def calibration_sample(image_paths: list, count: int) -> list:
