@@ -127,6 +127,31 @@ save_atomic({{'model': {{'w': torch.ones(200000)}}, 'epoch': 2, 'z': Stall()}}, 
         load_checkpoint(tmp_path / 'plain.pt')
 
 
+# ------------------------------------------------------------------------------------------------ data
+
+def test_train_dataset_items_cache_and_mosaic_switch(dataset):
+    from utils.dataset import load_split
+    from utils.train_data import TrainDataset, collate
+    cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0)
+    split = load_split(cfg, 'train', verbose=False)
+    plain = TrainDataset(split, cfg)
+    cached = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='ram'))
+    for index in (0, 5):
+        image, labels = plain[index]
+        assert image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE)
+        assert labels.shape[1] == 5 and ((labels[:, 1:] >= 0) & (labels[:, 1:] <= 1)).all()
+        same_image, same_labels = cached[index]   # same seed, same epoch: the same augmentation
+        assert torch.equal(image, same_image) and torch.equal(labels, same_labels)
+    plain.set_epoch(6)
+    assert plain.mosaic_active
+    plain.set_epoch(7)                            # the last 3 of 10 epochs: whole images only
+    assert not plain.mosaic_active
+    images, targets = collate([plain[0], plain[1], plain[2]])
+    assert images.shape == (3, 3, SIZE, SIZE) and images.dtype == torch.uint8
+    assert targets.shape[1] == 6 and set(targets[:, 0].tolist()) <= {0.0, 1.0, 2.0}
+    assert len(targets) == sum(len(plain[i][1]) for i in range(3))
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 def test_training_learns_the_dataset(dataset, tmp_path):
@@ -177,6 +202,8 @@ def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     assert results_epochs(tmp_path) == [1, 2, 3]
     final = load_checkpoint(tmp_path / 'last.pt')
     assert final['epoch'] == epochs and final['batches_done'] == 0
+    # the same number of optimizer steps as an uninterrupted run: 96 images / batch 8 = 12 per epoch
+    assert final['schedule']['optimizer_steps'] == 12 * epochs
     best = load_checkpoint(tmp_path / 'best.pt')
     assert 'ema' in best and best['best_map50_95'] >= 0
     load_trained(load_config(dataset), tmp_path / 'best.pt')
