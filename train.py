@@ -48,7 +48,10 @@ def main() -> int:
             resume = Path(cfg.backup or Path('weights') / cfg.model_name) / 'last.pt'
         else:
             sys.exit('--resume without a path needs --out or --data to find last.pt')
-        checkpoint = load_checkpoint(resume)
+        try:
+            checkpoint = load_checkpoint(resume)
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f'error: --resume: {error}')
         overrides = dict(checkpoint.get('overrides', {}))   # the same schedule as the interrupted run
         data = data or checkpoint['data']
         del checkpoint

@@ -208,6 +208,8 @@ class _Run:
                  f'({self.world} x {cfg.subdivisions} x {self.mini_batch}), device {self.device}, '
                  f'output {self.out_dir}')
 
+        if self.start_epoch >= cfg.epochs:
+            self.log(f'{options.resume} already finished its {cfg.epochs} epochs (--epochs N to train longer)')
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
