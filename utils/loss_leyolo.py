@@ -136,7 +136,6 @@ class LeYOLOLoss:
 
         box_gain, cls_gain, dfl_gain = self.gains
         total = LOSS_SCALE * (box_gain * loss_box + cls_gain * loss_cls + dfl_gain * loss_dfl)
-        # 'obj' is kept at 0 so the trainer's table (box/obj/cls) works for both heads; LeYOLO has no objectness
-        parts = {'box': loss_box.item(), 'obj': 0.0, 'cls': loss_cls.item(), 'dfl': loss_dfl.item(),
+        parts = {'box': loss_box.item(), 'cls': loss_cls.item(), 'dfl': loss_dfl.item(),
                  'matches': int(positive.sum())}
         return total, parts
