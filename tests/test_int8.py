@@ -26,8 +26,9 @@ from utils.int8_write import (TAG_INT8, LayerScales, NcnnModel, NcnnModelError, 
 
 SIZE = 64
 # max |int8 - fp32| allowed per output, as a fraction of that output's largest |fp32| value. Measured on this
-# net: 0.3% (sigmoid map) and 1.0% (linear output).
-TOLERANCE_OF_RANGE = 0.03
+# net (sigmoid map / linear output): kl 0.2% / 1.2%, minmax 0.1% / 1.0%, mse 0.09% / 0.6%; with the activation
+# scales 8x too large (the wrong-scale test) 3% / 42%.
+TOLERANCE_OF_RANGE = 0.02
 
 
 class TinyNet(nn.Module):
@@ -128,14 +129,15 @@ def test_int8_model_runs_close_to_fp32_and_small(tiny, method, tmp_path):
 
 
 def test_a_wrong_activation_scale_fails_the_check(tiny, tmp_path):
-    """The closeness check above is able to fail: input scales 8x too small (threshold 8x too high)."""
+    """The closeness check above is able to fail: input scales 8x too large (thresholds 8x too low, so the
+    activations clip)."""
     model = read_ncnn_model(tiny['param'], tiny['bin'])
     good = tmp_path / 'good'
     report = quantize_ncnn(tiny['param'], tiny['bin'], tiny['calib'], SIZE, SIZE, False, f'{good}.param',
                            f'{good}.bin')
     by_name = {layer.name: layer for layer in model.layers}
     scales = {r.name: LayerScales(layer_weight_scales(by_name[r.name], model.weights[r.name][0].values),
-                                  r.input_scale / 8) for r in report.layers}
+                                  r.input_scale * 8) for r in report.layers}
     write_int8_model(model, scales, tmp_path / 'bad.param', tmp_path / 'bad.bin')
     with pytest.raises(AssertionError, match='output range off fp32'):
         assert_close_to_fp32((tiny['param'], tiny['bin']), (tmp_path / 'bad.param', tmp_path / 'bad.bin'),
