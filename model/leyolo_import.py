@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.leyolo import LeYOLO
+from model.leyolo import BN_EPS, LeYOLO
 from model.leyolo_head import LeYOLOHead
 
 PARTS = ('backbone', 'neck', 'head')
@@ -120,9 +120,9 @@ def read_ultralytics_checkpoint(path) -> tuple[dict, dict]:
     layers = network.__dict__.get('_modules', {}).get('model')
     detect = list(layers.__dict__['_modules'].values())[-1] if layers is not None else None
     batch_norms = [m for m in _walk(network) if m.origin.endswith('BatchNorm2d')]
+    yaml = getattr(network, 'yaml', None)
     info = dict(num_classes=getattr(detect, 'nc', None), bn_eps=sorted({m.eps for m in batch_norms}),
-                yaml=getattr(network, 'yaml', {}).get('yaml_file') if isinstance(getattr(network, 'yaml', None),
-                                                                                   dict) else None)
+                yaml=yaml.get('yaml_file') if isinstance(yaml, dict) else None)
     return state, info
 
 
@@ -184,6 +184,8 @@ def import_leyolo(model_or_parts, path, parts=PARTS, log=None) -> dict:
         raise ValueError(f'unknown parts {sorted(unknown)}; known: {PARTS}')
     body, head = _resolve(model_or_parts)
     state, info = read_ultralytics_checkpoint(path)
+    if info['bn_eps'] != [BN_EPS]:   # our BatchNorms use 1e-3; other eps values would give other outputs
+        raise LeYOLOImportError(f'{path}: BatchNorm eps {info["bn_eps"]} in the file, our LeYOLO uses {BN_EPS}')
     fork_layers = body.fork_layers()
     detect_index = len(fork_layers)
     if f'model.{detect_index}.dfl.conv.weight' not in state:
