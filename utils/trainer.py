@@ -309,9 +309,14 @@ class _Run:
         return bool(flags[0]), bool(flags[1])
 
     def _optimizer_step(self) -> None:
-        # No gradient clipping: a from-scratch backbone has gradient norms in the tens of thousands for its first
-        # steps (small weights before BatchNorm), and clipping them froze learning (measured); Yolo-FastestV2 does
-        # not clip either. The non-finite check in the loop covers the true blow-ups.
+        # Clipping is the loss's call (`max_grad_norm`): the LeYOLO loss asks for it (its fine-tuning diverges
+        # without), the anchor loss does not: there a from-scratch backbone has gradient norms in the tens of
+        # thousands for its first steps (small weights before BatchNorm) and clipping froze learning (measured);
+        # Yolo-FastestV2 does not clip either. The non-finite check in the loop covers true blow-ups.
+        max_norm = getattr(self.loss_fn, 'max_grad_norm', None)
+        if max_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
