@@ -78,7 +78,8 @@ def build_model(cfg, log=print) -> Detector:
     if cfg.backbone_weights is not None:
         report = load_backbone_weights(model, cfg.backbone_weights)
         log(f'backbone_weights {cfg.backbone_weights}: filled {report["loaded"]}/{report["total"]} backbone '
-            f'tensors' + (f', ignored {len(report["unexpected"])} (classifier)' if report['unexpected'] else ''))
+            f'tensors' + (f', ignored {len(report["unexpected"])} other tensors of the file' if report['unexpected']
+                         else ''))
     if cfg.pre_weights is not None:
         report = load_weights(model, cfg.pre_weights, strict=False)
         log(f'pre_weights {cfg.pre_weights}: loaded {report["loaded"]}/{report["total"]} tensors')

@@ -5,12 +5,15 @@ Accepted files:
   `output_*_layers.*`) are translated to ours by `RELEASE_YFV2_RENAMES` below;
 * our training checkpoint: a dict with 'model' and optionally 'ema' state_dicts ('ema' is preferred: it is the
   averaged model we evaluate and export);
-* a backbone-only file (`load_backbone_weights`), e.g. the ImageNet ShuffleNetV2-0.5x `backbone.pth`.
+* a backbone-only file (`load_backbone_weights`), e.g. the ImageNet ShuffleNetV2-0.5x `backbone.pth`;
+* LeYOLO's released Ultralytics checkpoint (`LeYOLONano.pt`, a pickled model object): handed to
+  `model/leyolo_import.py`, which reads it without Ultralytics and maps it onto our modules by structure.
 
 Every mismatch error names the file and lists the first few offending keys with their shapes.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,6 +38,16 @@ RELEASE_YFV2_RENAMES = (
     ('output_cls_layers.', 'head.cls_outs.0.'),
 )
 SHOW_MISMATCHES = 5
+
+
+def is_ultralytics_checkpoint(path) -> bool:
+    """True for torch.save's zip format whose pickle names Ultralytics classes (a pickled model object)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
+            return bool(pickles) and b'ultralytics.' in archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def read_state_dict(path) -> dict:
@@ -113,8 +126,31 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     strict=False is for fine-tuning on other classes: tensors whose shape differs (the class outputs) are skipped
     and listed in the report. Returns dict(path, loaded, total, missing, unexpected, wrong_shape).
     """
+    if is_ultralytics_checkpoint(path):
+        return _load_ultralytics(model, path, ('backbone', 'neck', 'head'), strict)
     state = to_our_names(read_state_dict(path))
     return load_state(model, state, path, 'model', strict)
+
+
+def _load_ultralytics(model: nn.Module, path, parts: tuple, strict: bool) -> dict:
+    """LeYOLO's released checkpoint, through the LeYOLO importer; its report in the shape of ours."""
+    from model.leyolo_import import import_leyolo   # only LeYOLO files need it
+    try:
+        imported = import_leyolo(model, path, parts=parts)
+    except TypeError as error:   # the model is not a LeYOLO
+        raise WeightsError(f'{path}: an Ultralytics (LeYOLO) checkpoint, but {error}') from None
+    # The importer names body tensors relative to the LeYOLO body, which is the Detector's `backbone`.
+    filled = {name if name.startswith('head.') else f'backbone.{name}' for name in imported['filled']}
+    expected = model.state_dict() if 'head' in parts else {f'backbone.backbone.{k}': v for k, v in
+                                                           model.backbone.backbone.state_dict().items()}
+    report = dict(path=str(path), loaded=len(filled), total=len(expected),
+                  missing=[k for k in expected if k not in filled], unexpected=sorted(imported['not_loaded']),
+                  wrong_shape=[])
+    if strict and (report['missing'] or report['unexpected']):
+        reasons = sorted(set(imported['not_loaded'].values()))
+        raise WeightsError(f'{path}: does not fit the model: {len(report["unexpected"])} tensors not loaded '
+                           f'({"; ".join(reasons)}), e.g. {", ".join(report["unexpected"][:SHOW_MISMATCHES])}')
+    return report
 
 
 def load_backbone_weights(model: nn.Module, path) -> dict:
@@ -123,6 +159,8 @@ def load_backbone_weights(model: nn.Module, path) -> dict:
     Names may carry a 'backbone.' prefix or not. Tensors the detector has no use for (an ImageNet classifier's
     last conv and fc) are skipped and listed under 'unexpected' in the returned report.
     """
+    if is_ultralytics_checkpoint(path):
+        return _load_ultralytics(model, path, ('backbone',), strict=False)
     state = read_state_dict(path)
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}

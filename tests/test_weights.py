@@ -1,4 +1,6 @@
 """Weight loading: backbone_weights and pre_weights from a real .data file, our checkpoints, clear errors."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -14,12 +16,13 @@ IMAGENET_BACKBONE = 'weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.
 REFERENCE = 'reference/yfv2_raw_outputs.pt'
 
 
-def write_data(tmp_path, classes=80, **keys):
+def write_data(tmp_path, classes=80, model='yolo-fastestv2', head='anchor', side=352, **keys):
     """A tiny .data file (empty image lists) so load_config runs for real."""
     (tmp_path / 'train.txt').write_text('')
     (tmp_path / 'val.txt').write_text('')
     (tmp_path / 'x.names').write_text(''.join(f'class{i}\n' for i in range(classes)))
-    lines = ['[model-configure]', 'model = yolo-fastestv2', f'classes = {classes}', 'width = 352', 'height = 352',
+    lines = ['[model-configure]', f'model = {model}', f'head = {head}', f'classes = {classes}', f'width = {side}',
+             f'height = {side}',
              '[data-configure]', 'train = train.txt', 'val = val.txt', 'names = x.names']
     lines += [f'{k} = {v}' for k, v in keys.items()]
     path = tmp_path / 'x.data'
@@ -109,3 +112,57 @@ def test_unreadable_files_are_named(tmp_path, content, expected):
     with pytest.raises(WeightsError, match=expected) as error:
         load_weights(model, path)
     assert str(error.value).startswith(str(path))
+
+
+# ---- LeYOLO's released Ultralytics checkpoint, through model/leyolo_import.py ---------------------------------
+
+LEYOLO_NANO = 'weights/leyolo/LeYOLONano.pt'
+LEYOLO_REFERENCE = 'reference/leyolo_nano_raw_320.pt'
+needs_leyolo_importer = pytest.mark.skipif(importlib.util.find_spec('model.leyolo_import') is None,
+                                           reason='model/leyolo_import.py has not landed yet (LeYOLO engineer)')
+
+
+@needs_leyolo_importer
+def test_leyolo_nano_release_as_pre_weights_reproduces_its_reference(tmp_path):
+    messages = []
+    cfg = write_data(tmp_path, model='leyolo-nano', head='leyolo', side=320, pre_weights=shared_path(LEYOLO_NANO))
+    model = build_model(cfg, log=messages.append).eval()
+    assert messages == [f'pre_weights {shared_path(LEYOLO_NANO)}: loaded 651/651 tensors']
+    reference = torch.load(shared_path(LEYOLO_REFERENCE), map_location='cpu', weights_only=True)
+    with torch.no_grad():   # the reference input is RGB; our models take BGR (the importer flips the first conv)
+        outputs = model(reference['input'].flip(1))
+    for (box, cls), name in zip(outputs, ('p3', 'p4', 'p5')):
+        # tolerance from the notes: the reordered first conv sums in another order
+        assert (torch.cat((box, cls), 1) - reference[name]).abs().max().item() <= 1e-4
+
+
+@needs_leyolo_importer
+def test_leyolo_release_into_an_anchor_head_model_fills_the_body_only(tmp_path):
+    messages = []
+    cfg = write_data(tmp_path, model='leyolo-nano', head='anchor', side=320, pre_weights=shared_path(LEYOLO_NANO))
+    model = build_model(cfg, log=messages.append)
+    head_tensors = [k for k in model.state_dict() if k.startswith('head.')]
+    body_tensors = len(model.state_dict()) - len(head_tensors)
+    assert messages[0] == (f'pre_weights {shared_path(LEYOLO_NANO)}: loaded {body_tensors}/'
+                           f'{len(model.state_dict())} tensors')
+    assert f'{len(head_tensors)} tensors' in messages[1]
+    with pytest.raises(WeightsError, match='the model has no LeYOLO head'):
+        load_weights(model, shared_path(LEYOLO_NANO), strict=True)
+
+
+@needs_leyolo_importer
+def test_leyolo_release_into_yolo_fastestv2_is_a_clear_error(tmp_path):
+    model = build_model(write_data(tmp_path), log=lambda *_: None)
+    with pytest.raises(WeightsError, match='Ultralytics .LeYOLO. checkpoint') as error:
+        load_weights(model, shared_path(LEYOLO_NANO))
+    assert str(error.value).startswith(str(shared_path(LEYOLO_NANO)))
+
+
+@needs_leyolo_importer
+def test_leyolo_release_as_backbone_weights_fills_every_backbone_tensor(tmp_path):
+    messages = []
+    cfg = write_data(tmp_path, model='leyolo-nano', head='anchor', side=320, backbone_weights=shared_path(LEYOLO_NANO))
+    model = build_model(cfg, log=messages.append)
+    backbone = len(model.backbone.backbone.state_dict())   # LeYOLO's backbone: fork layers 0-14 (to SPPF)
+    assert messages == [f'backbone_weights {shared_path(LEYOLO_NANO)}: filled {backbone}/{backbone} backbone '
+                        f'tensors, ignored {651 - backbone} other tensors of the file']
