@@ -204,6 +204,13 @@ def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     assert final['epoch'] == epochs and final['batches_done'] == 0
     # the same number of optimizer steps as an uninterrupted run: 96 images / batch 8 = 12 per epoch
     assert final['schedule']['optimizer_steps'] == 12 * epochs
+    # Exactly where an uninterrupted run ends: same data order, augmentations, schedule and optimizer state.
+    straight = run_train('--data', dataset, '--out', tmp_path / 'straight', '--device', 'cpu', '--epochs', epochs)
+    output = straight.communicate(timeout=600)[0]
+    assert straight.returncode == 0, output
+    reference = load_checkpoint(tmp_path / 'straight' / 'last.pt')
+    for name, tensor in reference['model'].items():
+        assert torch.allclose(final['model'][name].float(), tensor.float(), atol=1e-5), name
     best = load_checkpoint(tmp_path / 'best.pt')
     assert 'ema' in best and best['best_map50_95'] >= 0
     load_trained(load_config(dataset), tmp_path / 'best.pt')
