@@ -30,7 +30,11 @@ def summarize(model: nn.Module, width: int, height: int) -> dict:
             macs_by_part[part] = macs_by_part.get(part, 0) + macs
         return hook
 
-    handles = [module.register_forward_hook(count(name.split('.')[0]))
+    def part_of(name):
+        # LeYOLO's body (backbone + FPAN neck in one module) sits in the Detector's `backbone`: report its neck apart
+        return 'neck' if name.startswith('backbone.neck.') else name.split('.')[0]
+
+    handles = [module.register_forward_hook(count(part_of(name)))
                for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     was_training, was_export = model.training, getattr(model, 'export', False)
     try:
