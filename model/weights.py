@@ -16,6 +16,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,8 @@ RELEASE_YFV2_RENAMES = (
     ('output_cls_layers.', 'head.cls_outs.0.'),
 )
 SHOW_MISMATCHES = 5
+_multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray   # numpy 2 renamed it
+NUMPY_ARRAY_GLOBALS = [_multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype('uint32'))]
 
 
 def is_ultralytics_checkpoint(path) -> bool:
@@ -56,12 +59,14 @@ def read_state_dict(path) -> dict:
     if not path.is_file():
         raise WeightsError(f'{path}: weights file not found')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        # weights_only: a weights file runs no code when read. Our training checkpoints also hold numpy's random
+        # state (for resuming), so numpy arrays are let through.
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises several types for a corrupt or foreign file
         raise WeightsError(f'{path}: cannot read as PyTorch weights ({type(error).__name__}: {error})') from None
     if isinstance(obj, dict) and ('model' in obj or 'ema' in obj):
-        chosen = obj.get('ema') if obj.get('ema') is not None else obj.get('model')
-        obj = chosen
+        obj = obj.get('ema') if obj.get('ema') is not None else obj.get('model')
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise WeightsError(f'{path}: expected a state_dict (name -> tensor) or a checkpoint with "model"/"ema", '
                            f'got {type(obj).__name__}')

@@ -1,5 +1,8 @@
 """Weight loading: backbone_weights and pre_weights from a real .data file, our checkpoints, clear errors."""
 import importlib.util
+import random
+
+import numpy as np
 
 import pytest
 import torch
@@ -73,6 +76,14 @@ def test_checkpoint_prefers_ema_over_model(tmp_path):
     fresh = build_model(write_data(tmp_path), log=lambda *_: None)
     checkpoint = tmp_path / 'last.pt'
     torch.save(dict(model=fresh.state_dict(), ema=release.state_dict(), epoch=3), checkpoint)
+    model = build_model(write_data(tmp_path), log=lambda *_: None)
+    load_weights(model, checkpoint)
+    assert reference_outputs(model) <= 1e-5
+    # a full training checkpoint also holds the optimizer and the random states (numpy's included) for resuming
+    torch.save(dict(model=fresh.state_dict(), ema=release.state_dict(), epoch=3,
+                    optimizer=torch.optim.SGD(fresh.parameters(), lr=0.01).state_dict(),
+                    rng=dict(numpy=np.random.get_state(), python=random.getstate(), torch=torch.get_rng_state())),
+               checkpoint)
     model = build_model(write_data(tmp_path), log=lambda *_: None)
     load_weights(model, checkpoint)
     assert reference_outputs(model) <= 1e-5
