@@ -146,6 +146,15 @@ def test_objectness_prior_when_training_from_scratch():
     assert torch.equal(model.head.cls_outs[0].bias, torch.zeros(80))
 
 
+def test_objectness_prior_per_scale_when_widths_differ():
+    if not has_module('model.leyolo'):
+        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
+    model = build_model(make_cfg('leyolo-nano', 'anchor', 320, 320), log=lambda *_: None)
+    assert not model.head.shared_outputs and len(model.head.obj_outs) == 3   # P3/P4/P5 widths 32/64/96
+    for conv, stride in zip(model.head.obj_outs, (8, 16, 32)):
+        assert torch.allclose(conv.bias, torch.full((3,), math.log(8 / (320 / stride) ** 2)))
+
+
 def test_strides_disagreeing_with_the_config_table_fail(monkeypatch):
     import utils.config
     monkeypatch.setitem(utils.config.MODEL_STRIDES, 'yolo-fastestv2', (8, 16))
