@@ -10,7 +10,7 @@ from model.fpn import LightFPN
 from model.heads import AnchorHead
 from model.shufflenetv2 import ShuffleNetV2
 from model.spec import HeadSpec
-from model.weights import load_backbone_weights, load_weights
+from model.weights import WeightsError, load_backbone_weights, load_weights
 
 
 def yolo_fastestv2_body() -> tuple[nn.Module, nn.Module, tuple]:
@@ -52,6 +52,14 @@ def make_spec(cfg) -> HeadSpec:
                     input_width=cfg.width, input_height=cfg.height, anchors_px=anchors_px)
 
 
+def _with_config_line(cfg, key: str, load, *args, **kwargs) -> dict:
+    """Run a loader; on failure say which .data line named the file, then what is wrong with it."""
+    try:
+        return load(*args, **kwargs)
+    except WeightsError as error:
+        raise WeightsError(f'{cfg.where(key)}: key "{key}": {error}') from None
+
+
 def build_model(cfg, log=print) -> Detector:
     """Build the model the config names and load `backbone_weights`, then `pre_weights`, if given.
 
@@ -76,12 +84,12 @@ def build_model(cfg, log=print) -> Detector:
     model = Detector(backbone, neck, head, spec)
 
     if cfg.backbone_weights is not None:
-        report = load_backbone_weights(model, cfg.backbone_weights)
+        report = _with_config_line(cfg, 'backbone_weights', load_backbone_weights, model, cfg.backbone_weights)
         log(f'backbone_weights {cfg.backbone_weights}: filled {report["loaded"]}/{report["total"]} backbone '
             f'tensors' + (f', ignored {len(report["unexpected"])} other tensors of the file' if report['unexpected']
                          else ''))
     if cfg.pre_weights is not None:
-        report = load_weights(model, cfg.pre_weights, strict=False)
+        report = _with_config_line(cfg, 'pre_weights', load_weights, model, cfg.pre_weights, strict=False)
         log(f'pre_weights {cfg.pre_weights}: loaded {report["loaded"]}/{report["total"]} tensors')
         skipped = report['missing'] + report['wrong_shape']
         if skipped:

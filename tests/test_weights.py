@@ -177,3 +177,14 @@ def test_leyolo_release_as_backbone_weights_fills_every_backbone_tensor(tmp_path
     backbone = len(model.backbone.backbone.state_dict())   # LeYOLO's backbone: fork layers 0-14 (to SPPF)
     assert messages == [f'backbone_weights {shared_path(LEYOLO_NANO)}: filled {backbone}/{backbone} backbone '
                         f'tensors, ignored {651 - backbone} other tensors of the file']
+
+
+def test_a_bad_pre_weights_file_names_the_data_line_and_the_file(tmp_path):
+    cfg = write_data(tmp_path, pre_weights=shared_path(IMAGENET_BACKBONE))
+    with pytest.raises(WeightsError) as error:
+        build_model(cfg, log=lambda *_: None)
+    message = str(error.value)
+    line = [i for i, text in enumerate((tmp_path / 'x.data').read_text().splitlines(), 1)
+            if text.startswith('pre_weights')][0]
+    assert message.startswith(f'{tmp_path / "x.data"}:{line}: key "pre_weights": {shared_path(IMAGENET_BACKBONE)}: ')
+    assert 'no tensor matched' in message
