@@ -1,0 +1,143 @@
+"""One calling convention for every backend, so evaluation and test.py treat them alike.
+
+A runtime is called on a float32 NCHW BGR 0..1 batch (utils.preprocess.to_input_tensor) and returns one NHWC numpy
+array per output scale, strides ascending, in the deployment layout of docs/CONTRACT.md. Each runtime carries
+`.spec` (a model.spec.HeadSpec) saying how to decode those outputs, and `.name` (the backend).
+
+    torch   a .pth (released state_dict or our checkpoint) loaded into build_model(cfg), in export mode
+    onnx    a .onnx file run by onnxruntime (CPU)
+    opencv  a .onnx file run by OpenCV DNN
+    ncnn    a .param file (with .bin and the sidecar .json beside it) run by utils/ncnn_runtime.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.build import make_spec
+
+BACKENDS = ('torch', 'onnx', 'opencv', 'ncnn')
+
+
+class TorchRuntime:
+    """A Detector in export mode. The model's train/export flags are restored after each call, so the trainer can
+    hand in its live EMA model."""
+    name = 'torch'
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.spec = model.spec
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
+        was_training, was_export = self.model.training, self.model.export
+        self.model.eval()
+        self.model.export = True
+        try:
+            outputs = self.model(torch.as_tensor(batch_nchw, device=self.device))
+        finally:
+            self.model.train(was_training)
+            self.model.export = was_export
+        return [output.float().cpu().numpy() for output in outputs]
+
+
+class OnnxRuntime:
+    """An exported .onnx run by onnxruntime. A graph exported for batch 1 is run one image at a time."""
+    name = 'onnx'
+
+    def __init__(self, onnx_path: Path, spec, num_threads: int = 0):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3   # onnxruntime warns about unknown CPU vendors on some machines
+        options.intra_op_num_threads = num_threads
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        check_input_shape(onnx_path, graph_input.shape, spec)
+        self.fixed_batch_of_one = graph_input.shape[0] == 1
+        self.spec = spec
+
+    def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
+        if self.fixed_batch_of_one:
+            return stack_per_image([self.session.run(None, {self.input_name: image[None]}) for image in batch_nchw])
+        return self.session.run(None, {self.input_name: batch_nchw})
+
+
+class OpenCVRuntime:
+    """An exported .onnx run by OpenCV DNN, one image at a time (OpenCV cannot rely on a dynamic batch axis)."""
+    name = 'opencv'
+
+    def __init__(self, onnx_path: Path, spec):
+        import cv2
+        import onnx
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        dims = [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+        check_input_shape(onnx_path, dims, spec)
+        # ask for the graph outputs by name: OpenCV's own list of unconnected outputs is not in stride order
+        self.output_names = [output.name for output in graph.output]
+        self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
+        self.spec = spec
+
+    def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
+        per_image = []
+        for image in batch_nchw:
+            self.net.setInput(np.ascontiguousarray(image[None]))
+            per_image.append(list(self.net.forward(self.output_names)))
+        return stack_per_image(per_image)
+
+
+def stack_per_image(per_image: list) -> list[np.ndarray]:
+    """[[scale outputs of image 0], [.. image 1], ...] (each with a batch axis of 1) -> per scale (N, H, W, C)."""
+    return [np.concatenate([outputs[scale] for outputs in per_image]) for scale in range(len(per_image[0]))]
+
+
+def check_input_shape(path, dims: list, spec) -> None:
+    """An exported graph has a fixed input size: it must be the .data file's width x height."""
+    if len(dims) != 4:
+        raise ValueError(f'{path}: expected one NCHW input, got input dims {dims}')
+    height, width = dims[2], dims[3]
+    if isinstance(height, int) and isinstance(width, int) and (width, height) != (spec.input_width, spec.input_height):
+        raise ValueError(f'{path}: exported for a {width}x{height} input, but the .data file says width = '
+                         f'{spec.input_width}, height = {spec.input_height}')
+
+
+def check_sidecar(param_path: Path, sidecar: dict, spec) -> None:
+    """The NCNN sidecar records what the model was exported with; it must agree with the .data file."""
+    wanted = {'input_width': spec.input_width, 'input_height': spec.input_height, 'num_classes': spec.num_classes,
+              'head': spec.kind, 'strides': list(spec.strides)}
+    for key, value in wanted.items():
+        if key in sidecar and sidecar[key] != value:
+            raise ValueError(f'{Path(param_path).with_suffix(".json")}: "{key}" is {sidecar[key]} but the .data '
+                             f'file gives {value}: was this model exported from another .data file?')
+
+
+def load_runtime(backend: str, cfg, weights, num_threads: int = 1):
+    """`backend` in BACKENDS, `cfg` the loaded .data Config, `weights` the file that backend reads."""
+    weights = Path(weights)
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown backend "{backend}"; choose one of {", ".join(BACKENDS)}')
+    if not weights.is_file():
+        raise FileNotFoundError(f'{weights}: weights file not found')
+    expected_suffix = {'onnx': '.onnx', 'opencv': '.onnx', 'ncnn': '.param'}.get(backend)
+    if expected_suffix and weights.suffix != expected_suffix:
+        raise ValueError(f'{weights}: the {backend} backend reads a {expected_suffix} file '
+                         f'(made by pytorch2onnx.py), not {weights.suffix or "a file without extension"}')
+    if backend == 'torch':
+        from model.build import build_model
+        from model.weights import load_weights
+        model = build_model(cfg, log=lambda *_: None)
+        load_weights(model, weights, strict=True)
+        return TorchRuntime(model.eval())
+    spec = make_spec(cfg)
+    if backend == 'onnx':
+        return OnnxRuntime(weights, spec, num_threads)
+    if backend == 'opencv':
+        return OpenCVRuntime(weights, spec)
+    from utils.ncnn_runtime import NcnnRuntime   # the ncnn package is only needed for this backend
+    runtime = NcnnRuntime(weights, num_threads=num_threads)
+    check_sidecar(weights, runtime.sidecar, spec)
+    runtime.spec, runtime.name = spec, 'ncnn'
+    return runtime
