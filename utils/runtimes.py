@@ -11,6 +11,7 @@ array per output scale, strides ascending, in the deployment layout of docs/CONT
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,9 @@ def check_sidecar(param_path: Path, sidecar: dict, spec) -> None:
                              f'file gives {value}: was this model exported from another .data file?')
 
 
-def load_runtime(backend: str, cfg, weights, num_threads: int = 1):
-    """`backend` in BACKENDS, `cfg` the loaded .data Config, `weights` the file that backend reads."""
+def load_runtime(backend: str, cfg, weights, num_threads: int = 0):
+    """`backend` in BACKENDS, `cfg` the loaded .data Config, `weights` the file that backend reads.
+    `num_threads` applies to onnx and ncnn (0: the library's default; torch threads are set by the caller)."""
     weights = Path(weights)
     if backend not in BACKENDS:
         raise ValueError(f'unknown backend "{backend}"; choose one of {", ".join(BACKENDS)}')
@@ -137,7 +139,7 @@ def load_runtime(backend: str, cfg, weights, num_threads: int = 1):
     if backend == 'opencv':
         return OpenCVRuntime(weights, spec)
     from utils.ncnn_runtime import NcnnRuntime   # the ncnn package is only needed for this backend
-    runtime = NcnnRuntime(weights, num_threads=num_threads)
+    runtime = NcnnRuntime(weights, num_threads=num_threads or os.cpu_count() or 1)
     check_sidecar(weights, runtime.sidecar, spec)
     runtime.spec, runtime.name = spec, 'ncnn'
     return runtime

@@ -1,0 +1,65 @@
+"""Evaluate a model on the val split of a .data file with pycocotools and print the COCO table.
+
+    python3 evaluation.py --data data/coco.data --weights weights/coco/best.pth
+    python3 evaluation.py --data data/coco.data --weights model.onnx --backend onnx --save-json preds.json
+
+Prints the 12 COCO numbers (mAP@0.5:0.95 and mAP@0.5 first), AP per class, and precision/recall/F1 at IoU 0.5 at
+--pr-conf. --save-json writes COCO results (image_id = file stem, an int when all digits; category_id = 0-based
+class; bbox [x, y, w, h] in original pixels). --plots DIR writes pr_curve.png and confusion.png.
+"""
+import argparse
+import sys
+
+import torch
+
+from utils.config import ConfigError, load_config
+from utils.dataset import DatasetError
+from utils.evaluator import evaluate
+from utils.runtimes import BACKENDS, load_runtime
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', required=True, help='the .data file (its val split is evaluated)')
+    parser.add_argument('--weights', required=True,
+                        help='torch: .pth (checkpoint or released); onnx/opencv: .onnx; ncnn: .param')
+    parser.add_argument('--backend', default='torch', choices=BACKENDS, help='what runs the model (default torch)')
+    parser.add_argument('--conf', type=float, default=0.001, help='score threshold before NMS (default 0.001)')
+    parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold (default 0.6)')
+    parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
+    parser.add_argument('--pr-conf', type=float, default=0.3,
+                        help='confidence for the precision/recall/F1 line and the confusion matrix (default 0.3)')
+    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass (default 16)')
+    parser.add_argument('--workers', type=int, help='image-reading processes (default: the .data key workers)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='CPU threads for inference; 0 = the library default. On a busy machine 1 is often '
+                             'fastest')
+    parser.add_argument('--save-json', help='write the detections as a COCO results file')
+    parser.add_argument('--plots', help='folder for pr_curve.png and confusion.png')
+    parser.add_argument('--no-per-class', action='store_true', help='print the COCO numbers only')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.data)
+        runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
+        result = evaluate(runtime, cfg, conf=args.conf, iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf,
+                          batch_size=args.batch_size, workers=args.workers, save_json=args.save_json,
+                          plots_dir=args.plots, verbose_split=True)
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    print(result.summary(per_class=not args.no_per_class))
+    if args.save_json:
+        print(f'COCO results written to {args.save_json}')
+    if args.plots:
+        print(f'plots written to {args.plots}/pr_curve.png and confusion.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

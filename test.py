@@ -1,0 +1,158 @@
+"""Detect objects in an image, a folder of images or a video, draw them and print them.
+
+    python3 test.py --data data/coco.data --weights weights/coco/best.pth --img photo.jpg
+    python3 test.py --data data/coco.data --weights model.param --backend ncnn --img folder/ --out results/
+
+For each image, prints one line per detection, `class score x1 y1 x2 y2` (original pixels; spaces in class names
+become '_'), then the time of each stage: pre-process (read, resize, scale), inference, post-process (decode, NMS,
+back to original pixels). The drawn result is written beside the input as NAME_det.EXT, or into --out.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utils.config import ConfigError, load_config
+from utils.dataset import DatasetError, read_image
+from utils.plots import draw_detections
+from utils.postprocess import postprocess
+from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
+from utils.runtimes import BACKENDS, load_runtime
+
+IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
+VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.m4v', '.webm'}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', required=True, help='the .data file the model was trained with')
+    parser.add_argument('--weights', required=True,
+                        help='torch: .pth (checkpoint or released); onnx/opencv: .onnx; ncnn: .param')
+    parser.add_argument('--img', required=True, help='an image, a folder of images, or a video')
+    parser.add_argument('--backend', default='torch', choices=BACKENDS, help='what runs the model (default torch)')
+    parser.add_argument('--conf', type=float, default=0.3, help='score threshold (default 0.3)')
+    parser.add_argument('--iou', type=float, default=0.4, help='NMS IoU threshold (default 0.4)')
+    parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
+    parser.add_argument('--out', help='folder for the drawn results (default: beside each input)')
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads for inference; 0 = library default')
+    return parser.parse_args(argv)
+
+
+def detect(runtime, image_bgr: np.ndarray, cfg, conf: float, iou: float, max_det: int) -> tuple[np.ndarray, dict]:
+    """One BGR image -> ((M, 6) [x1, y1, x2, y2, score, class] in original pixels, seconds per stage)."""
+    start = time.perf_counter()
+    resized, info = resize_image(image_bgr, cfg.width, cfg.height, cfg.letterbox)
+    batch = to_input_tensor([resized])
+    middle = time.perf_counter()
+    outputs = runtime(batch)
+    after_inference = time.perf_counter()
+    detections = postprocess(outputs, runtime.spec, conf, iou, max_det)[0]
+    detections[:, :4] = boxes_to_original(detections[:, :4], info)
+    end = time.perf_counter()
+    return detections, {'inference': after_inference - middle, 'post-process': end - after_inference,
+                        'resize': middle - start}
+
+
+def output_path(source: Path, out_dir: Path | None, suffix: str | None = None) -> Path:
+    name = f'{source.stem}_det{suffix or source.suffix}'
+    return (out_dir / name) if out_dir is not None else source.with_name(name)
+
+
+def print_detections(label: str, detections: np.ndarray, class_names: tuple, seconds: dict) -> None:
+    print(f'{label}: {len(detections)} detections')
+    for x1, y1, x2, y2, score, cls in detections.tolist():
+        name = class_names[int(cls)].replace(' ', '_') if int(cls) < len(class_names) else str(int(cls))
+        print(f'{name} {score:.4f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}')
+    print('time: ' + ', '.join(f'{stage} {1000 * s:.1f} ms' for stage, s in seconds.items()))
+
+
+def run_images(paths: list, runtime, cfg, args, out_dir: Path | None) -> list:
+    all_seconds = []
+    for path in paths:
+        start = time.perf_counter()
+        image = read_image(path)
+        read_seconds = time.perf_counter() - start
+        detections, seconds = detect(runtime, image, cfg, args.conf, args.iou, args.max_det)
+        seconds = {'pre-process': read_seconds + seconds.pop('resize'), **seconds}
+        print_detections(str(path), detections, cfg.class_names, seconds)
+        target = output_path(path, out_dir)
+        if not cv2.imwrite(str(target), draw_detections(image, detections, cfg.class_names)):
+            raise OSError(f'{target}: cannot write the drawn result (is the folder writable? try --out)')
+        print(f'drawn: {target}')
+        all_seconds.append(seconds)
+    return all_seconds
+
+
+def run_video(path: Path, runtime, cfg, args, out_dir: Path | None) -> list:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DatasetError(f'{path}: OpenCV cannot open this video')
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    target, writer, all_seconds = output_path(path, out_dir, '.mp4'), None, []
+    frame_index = 0
+    while True:
+        start = time.perf_counter()
+        ok, frame = capture.read()
+        if not ok:
+            break
+        read_seconds = time.perf_counter() - start
+        detections, seconds = detect(runtime, frame, cfg, args.conf, args.iou, args.max_det)
+        seconds = {'pre-process': read_seconds + seconds.pop('resize'), **seconds}
+        print_detections(f'{path} frame {frame_index}', detections, cfg.class_names, seconds)
+        if writer is None:
+            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*'mp4v'), fps,
+                                     (frame.shape[1], frame.shape[0]))
+            if not writer.isOpened():
+                raise OSError(f'{target}: cannot write the drawn video (is the folder writable? try --out)')
+        writer.write(draw_detections(frame, detections, cfg.class_names))
+        all_seconds.append(seconds)
+        frame_index += 1
+    capture.release()
+    if writer is not None:
+        writer.release()
+        print(f'drawn: {target}')
+    return all_seconds
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    source = Path(args.img)
+    out_dir = Path(args.out) if args.out else None
+    try:
+        cfg = load_config(args.data)
+        runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+            drawn = [p for p in paths if p.stem.endswith('_det')]
+            if drawn:   # results of an earlier run written beside the inputs
+                print(f'skipping {len(drawn)} images named *_det (drawn results), e.g. {drawn[0]}')
+                paths = [p for p in paths if not p.stem.endswith('_det')]
+            if not paths:
+                raise DatasetError(f'{source}: no images ({", ".join(sorted(IMAGE_SUFFIXES))}) in this folder')
+            all_seconds = run_images(paths, runtime, cfg, args, out_dir)
+        elif source.suffix.lower() in VIDEO_SUFFIXES:
+            all_seconds = run_video(source, runtime, cfg, args, out_dir)
+        elif source.is_file():
+            all_seconds = run_images([source], runtime, cfg, args, out_dir)
+        else:
+            raise DatasetError(f'{source}: no such image, folder or video')
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, OSError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    if len(all_seconds) > 1:   # the first image also pays for warm-up, so the mean is over the rest
+        rest = all_seconds[1:]
+        print(f'mean over {len(rest)} images after the first: ' + ', '.join(
+            f'{stage} {1000 * sum(s[stage] for s in rest) / len(rest):.1f} ms' for stage in rest[0]))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
