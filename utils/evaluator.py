@@ -211,7 +211,8 @@ def iou_matrix(boxes_a_xyxy: np.ndarray, boxes_b_xyxy: np.ndarray) -> np.ndarray
 
 def confusion_matrix(detections: list, gt: dict, num_classes: int, conf: float) -> np.ndarray:
     """(C+1, C+1) counts [predicted class, true class]; index C is background (a missed box or a false alarm).
-    Detections and ground truth are paired regardless of class, greedily by IoU, above IoU 0.5."""
+    Pairs need IoU > 0.5 and are made greedily by IoU: first between boxes of the same class (the true positives),
+    then among the boxes left over regardless of class (the confusions)."""
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     gt_by_image = {}
     for ann in gt['annotations']:
@@ -221,14 +222,15 @@ def confusion_matrix(detections: list, gt: dict, num_classes: int, conf: float) 
         dets = dets[dets[:, 4] >= conf]
         truth = np.array(gt_by_image.get(image_id, []), dtype=np.float64).reshape(-1, 5)
         ious = iou_matrix(dets[:, :4].astype(np.float64), truth[:, :4])
-        pairs = np.argwhere(ious > IOU_FOR_PR)
-        pairs = pairs[np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind='stable')]
+        same_class = dets[:, 5, None].astype(int) == truth[None, :, 4].astype(int)
         used_det, used_gt = set(), set()
-        for d, g in pairs:
-            if d not in used_det and g not in used_gt:
-                used_det.add(d)
-                used_gt.add(g)
-                matrix[int(dets[d, 5]), int(truth[g, 4])] += 1
+        for allowed in (same_class, np.ones_like(same_class)):
+            pairs = np.argwhere((ious > IOU_FOR_PR) & allowed)
+            for d, g in pairs[np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind='stable')]:
+                if d not in used_det and g not in used_gt:
+                    used_det.add(d)
+                    used_gt.add(g)
+                    matrix[int(dets[d, 5]), int(truth[g, 4])] += 1
         for d in set(range(len(dets))) - used_det:
             matrix[int(dets[d, 5]), num_classes] += 1
         for g in set(range(len(truth))) - used_gt:
