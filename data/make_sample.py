@@ -93,7 +93,7 @@ def make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list]:
 def data_file_text(anchors_px: np.ndarray, size: int, seed: int, prefix: str = '') -> str:
     """The sample's .data file; `prefix` is the dataset folder as seen from where the .data file lives."""
     first_run = f'# Generate the images first: python3 data/make_sample.py --seed {seed}\n' if prefix else ''
-    return f"""# The generated sample dataset (data/make_sample.py --seed {seed}): 4 shape classes, {size}x{size} images.
+    return f"""# The generated sample dataset (data/make_sample.py --seed {seed}): 4 shape classes, {size}x{size} px.
 {first_run}[name]
 model_name=sample
 

@@ -118,7 +118,8 @@ def test_backgrounds_bad_images_and_the_printed_report(tmp_path, capsys):
     split = check_split(write_list(tmp_path / 'l.txt', images + [not_image, empty, missing]), classes=2, name='val')
     assert split.image_paths == images[:3]
     assert (len(split), split.num_boxes, split.num_backgrounds) == (3, 2, 2)
-    assert split.left_out == [f'{tmp_path / "3.txt"}:1: class must be in [0, 2) (classes = 2 in the .data): "5 0.5 0.5 0.2 0.2"',
+    assert split.left_out == [f'{tmp_path / "3.txt"}:1: class must be in [0, 2) (classes = 2 in the .data): '
+                              f'"5 0.5 0.5 0.2 0.2"',
                               f'{not_image}: not an image OpenCV can decode (file starts with b\'this is \')',
                               f'{empty}: image file is empty',
                               f'{missing}: image file not found']

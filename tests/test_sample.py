@@ -82,7 +82,8 @@ def test_boxes_enclose_the_drawn_shapes(sample):
             # Nearly all of the shape is inside its box (a stray line of the same colour may touch it) ...
             assert ((xs >= x1 - 1) & (xs < x2 + 1) & (ys >= y1 - 1) & (ys < y2 + 1)).mean() > 0.95, path
             # ... and it reaches every side of the box.
-            errors_px.append(max(abs(xs.min() - x1), abs(ys.min() - y1), abs(xs.max() + 1 - x2), abs(ys.max() + 1 - y2)))
+            errors_px.append(max(abs(xs.min() - x1), abs(ys.min() - y1),
+                                 abs(xs.max() + 1 - x2), abs(ys.max() + 1 - y2)))
     # JPEG blur moves a border by a pixel or two and a triangle's one-pixel apex may fade by three; now and then a
     # stray line of the shape's colour touches it and stretches the region found.
     errors_px = np.array(errors_px)

@@ -135,7 +135,8 @@ def parse_labels(text: str, classes: int | None) -> tuple[np.ndarray, str | None
         if not fields:
             continue
         if len(fields) != 5:
-            return _no_labels(), f'{number}: expected 5 fields "class cx cy w h", got {len(fields)}: "{line.strip()[:60]}"'
+            return _no_labels(), (f'{number}: expected 5 fields "class cx cy w h", got {len(fields)}: '
+                                  f'"{line.strip()[:60]}"')
         try:
             rows.append([float(value) for value in fields])
         except ValueError:
