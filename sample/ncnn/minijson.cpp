@@ -69,9 +69,11 @@ private:
                 std::string key = parse_string();
                 expect(':');
                 value.object[key] = parse_value();
-                if (peek() == ',') { pos_++; continue; }
-                expect('}');
-                return value;
+                char next = peek();
+                pos_++;
+                if (next == ',') continue;
+                if (next == '}') return value;
+                fail(std::string("expected ',' or '}' after a value, found '") + next + "'");
             }
         }
         if (c == '[') {
@@ -80,9 +82,11 @@ private:
             if (peek() == ']') { pos_++; return value; }
             while (true) {
                 value.array.push_back(parse_value());
-                if (peek() == ',') { pos_++; continue; }
-                expect(']');
-                return value;
+                char next = peek();
+                pos_++;
+                if (next == ',') continue;
+                if (next == ']') return value;
+                fail(std::string("expected ',' or ']' after a value, found '") + next + "'");
             }
         }
         if (c == '"') {
