@@ -245,6 +245,31 @@ def test_drawn_image_bench_and_class_names(host_cli, models, png_images, tmp_pat
     assert re.search(r'^\d+ [\d.]+ [\d.]+ [\d.]+ [\d.]+ [\d.]+ class \d+$', result.stdout, re.M), result.stdout
 
 
+def test_alpha_and_channel_order_paths(host_cli, models, png_images, tmp_path):
+    """An RGBA image (how Android bitmaps come) gives the same lines as its RGB version; a sidecar saying the net
+    wants RGB, fed the image with red and blue swapped, gives the same lines as BGR with the original."""
+    image = cv2.imread(str(png_images[0]))
+    cv2.imwrite(str(tmp_path / 'alpha.png'), np.dstack((image, np.full(image.shape[:2], 77, np.uint8))))
+    cv2.imwrite(str(tmp_path / 'swapped.png'), image[..., ::-1])
+    param = models['yfv2-shipped']
+    rgb_param = tmp_path / 'rgb.param'
+    for suffix in ('.param', '.bin'):
+        rgb_param.with_suffix(suffix).symlink_to(param.with_suffix(suffix).resolve())
+    sidecar = json.loads(param.with_suffix('.json').read_text())
+    rgb_param.with_suffix('.json').write_text(json.dumps(dict(sidecar, channel_order='rgb')))
+
+    def lines(model, path):
+        result = subprocess.run(host_cli + [str(model), str(path), '--out', str(tmp_path / 'o.png')],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    reference = lines(param, png_images[0])
+    assert len(reference.splitlines()) >= 2
+    assert lines(param, tmp_path / 'alpha.png') == reference
+    assert lines(rgb_param, tmp_path / 'swapped.png') == reference
+
+
 def run_with_sidecar(cli, tmp_path, edit):
     """Copy the shipped model with a sidecar changed by `edit(dict) -> text`; return (returncode, stderr)."""
     for suffix in ('.param', '.bin'):

@@ -133,8 +133,13 @@ int round_half_even(double x) { return static_cast<int>(std::nearbyint(x)); }
 ncnn::Mat make_input(const ModelInfo& info, const unsigned char* pixels, int width, int height, PixelOrder order,
                      ResizeInfo& resize) {
     bool want_bgr = info.channel_order == "bgr";
-    int pixel_type = order == PixelOrder::BGR ? (want_bgr ? ncnn::Mat::PIXEL_BGR : ncnn::Mat::PIXEL_BGR2RGB)
-                                              : (want_bgr ? ncnn::Mat::PIXEL_RGB2BGR : ncnn::Mat::PIXEL_RGB);
+    int pixel_type = 0;
+    switch (order) {
+        case PixelOrder::BGR: pixel_type = want_bgr ? ncnn::Mat::PIXEL_BGR : ncnn::Mat::PIXEL_BGR2RGB; break;
+        case PixelOrder::RGB: pixel_type = want_bgr ? ncnn::Mat::PIXEL_RGB2BGR : ncnn::Mat::PIXEL_RGB; break;
+        case PixelOrder::RGBA: pixel_type = want_bgr ? ncnn::Mat::PIXEL_RGBA2BGR : ncnn::Mat::PIXEL_RGBA2RGB; break;
+        case PixelOrder::BGRA: pixel_type = want_bgr ? ncnn::Mat::PIXEL_BGRA2BGR : ncnn::Mat::PIXEL_BGRA2RGB; break;
+    }
     resize.orig_width = width;
     resize.orig_height = height;
     ncnn::Mat input;

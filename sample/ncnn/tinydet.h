@@ -43,7 +43,8 @@ struct Detection {
     float x1, y1, x2, y2;  // original-image pixels
 };
 
-enum class PixelOrder { BGR, RGB };
+// Packed 8-bit pixels. RGBA is what Android's Bitmap (ARGB_8888) holds; alpha is ignored.
+enum class PixelOrder { BGR, RGB, RGBA, BGRA };
 
 struct Options {
     int num_threads = 1;
@@ -56,7 +57,8 @@ public:
     Detector(const std::string& param_path, const std::string& bin_path, const std::string& json_path,
              const Options& options = Options());
 
-    // Detect on a packed 8-bit, 3-channel image (row stride = width * 3). Thresholds < 0 use the sidecar's.
+    // Detect on a packed 8-bit image (row stride = width * 3, or width * 4 for RGBA/BGRA).
+    // Thresholds < 0 use the sidecar's.
     std::vector<Detection> detect(const unsigned char* pixels, int width, int height, PixelOrder order,
                                   float conf_thresh = -1.0f, float nms_iou = -1.0f);
 

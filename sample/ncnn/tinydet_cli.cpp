@@ -114,14 +114,15 @@ void class_colour(int class_id, unsigned char rgb[3]) {
     rgb[2] = static_cast<unsigned char>(55 + 200 * b);
 }
 
-void draw_box(unsigned char* rgb, int width, int height, const tinydet::Detection& d, int thickness) {
+void draw_box(unsigned char* pixels, int width, int height, int channels, const tinydet::Detection& d,
+              int thickness) {
     unsigned char colour[3];
     class_colour(d.class_id, colour);
     int x1 = static_cast<int>(d.x1), y1 = static_cast<int>(d.y1);
     int x2 = std::min(static_cast<int>(d.x2), width - 1), y2 = std::min(static_cast<int>(d.y2), height - 1);
     auto paint = [&](int x, int y) {
         if (x < 0 || y < 0 || x >= width || y >= height) return;
-        std::memcpy(rgb + (static_cast<size_t>(y) * width + x) * 3, colour, 3);
+        std::memcpy(pixels + (static_cast<size_t>(y) * width + x) * channels, colour, 3);
     };
     for (int t = 0; t < thickness; t++) {
         for (int x = x1; x <= x2; x++) { paint(x, y1 + t); paint(x, y2 - t); }
@@ -129,16 +130,16 @@ void draw_box(unsigned char* rgb, int width, int height, const tinydet::Detectio
     }
 }
 
-bool write_image(const std::string& path, int width, int height, const unsigned char* rgb) {
+bool write_image(const std::string& path, int width, int height, int channels, const unsigned char* pixels) {
     std::string lower = path;
     std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
     auto ends_with = [&](const char* ext) {
         size_t n = std::strlen(ext);
         return lower.size() >= n && lower.compare(lower.size() - n, n, ext) == 0;
     };
-    if (ends_with(".png")) return stbi_write_png(path.c_str(), width, height, 3, rgb, width * 3) != 0;
-    if (ends_with(".bmp")) return stbi_write_bmp(path.c_str(), width, height, 3, rgb) != 0;
-    if (ends_with(".jpg") || ends_with(".jpeg")) return stbi_write_jpg(path.c_str(), width, height, 3, rgb, 90) != 0;
+    if (ends_with(".png")) return stbi_write_png(path.c_str(), width, height, channels, pixels, width * channels) != 0;
+    if (ends_with(".bmp")) return stbi_write_bmp(path.c_str(), width, height, channels, pixels) != 0;
+    if (ends_with(".jpg") || ends_with(".jpeg")) return stbi_write_jpg(path.c_str(), width, height, channels, pixels, 90) != 0;
     throw std::runtime_error(path + ": --out must end in .jpg, .jpeg, .png or .bmp");
 }
 
@@ -155,12 +156,17 @@ int run(const Args& args) {
     tinydet::Detector detector(args.param, replace_extension(args.param, ".bin"),
                                replace_extension(args.param, ".json"), options);
 
-    int width = 0, height = 0, channels_in_file = 0;
-    unsigned char* rgb = stbi_load(args.image.c_str(), &width, &height, &channels_in_file, 3);
-    if (!rgb) throw std::runtime_error(args.image + ": cannot read image (" + stbi_failure_reason() + ")");
+    int width = 0, height = 0, channels = 0;
+    if (!stbi_info(args.image.c_str(), &width, &height, &channels))
+        throw std::runtime_error(args.image + ": cannot read image (" + stbi_failure_reason() + ")");
+    // Images with alpha go in as RGBA, the layout of an Android Bitmap; the rest as RGB.
+    channels = channels == 4 ? 4 : 3;
+    const tinydet::PixelOrder order = channels == 4 ? tinydet::PixelOrder::RGBA : tinydet::PixelOrder::RGB;
+    unsigned char* pixels = stbi_load(args.image.c_str(), &width, &height, nullptr, channels);
+    if (!pixels) throw std::runtime_error(args.image + ": cannot read image (" + stbi_failure_reason() + ")");
 
     std::vector<tinydet::Detection> detections =
-        detector.detect(rgb, width, height, tinydet::PixelOrder::RGB, args.conf, args.iou);
+        detector.detect(pixels, width, height, order, args.conf, args.iou);
     const tinydet::ModelInfo& info = detector.info();
     for (const tinydet::Detection& d : detections) {
         std::string name = d.class_id < static_cast<int>(info.class_names.size()) ? info.class_names[d.class_id]
@@ -172,7 +178,7 @@ int run(const Args& args) {
         std::vector<double> inference_ms, detect_ms;
         for (int i = 0; i < args.bench; i++) {
             auto start = std::chrono::steady_clock::now();
-            detector.detect(rgb, width, height, tinydet::PixelOrder::RGB, args.conf, args.iou);
+            detector.detect(pixels, width, height, order, args.conf, args.iou);
             detect_ms.push_back(
                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
             inference_ms.push_back(detector.last_inference_ms());
@@ -184,9 +190,9 @@ int run(const Args& args) {
     }
 
     int thickness = std::max(1, std::min(width, height) / 300);
-    for (const tinydet::Detection& d : detections) draw_box(rgb, width, height, d, thickness);
-    bool written = write_image(args.out, width, height, rgb);
-    stbi_image_free(rgb);
+    for (const tinydet::Detection& d : detections) draw_box(pixels, width, height, channels, d, thickness);
+    bool written = write_image(args.out, width, height, channels, pixels);
+    stbi_image_free(pixels);
     if (!written) throw std::runtime_error(args.out + ": cannot write image");
     std::fprintf(stderr, "%zu detections; drawn into %s\n", detections.size(), args.out.c_str());
     return 0;
