@@ -257,3 +257,30 @@ def test_coco128_loads_every_box(tmp_path, split_name):
     before = sorted(os.listdir(images_folder.parent))
     assert check_split(images_folder, classes=80).num_boxes == split.num_boxes
     assert sorted(os.listdir(images_folder.parent)) == before
+
+
+def test_coco_data_file_works_on_a_darknet_coco_layout(tmp_path, repo):
+    # data/coco.data, unchanged, beside a coco/ folder laid out as its comment says (coco128 standing in for COCO).
+    coco128 = shared_path('datasets/coco128')
+    data = tmp_path / 'data'
+    (data / 'coco' / 'images').mkdir(parents=True)
+    (data / 'coco' / 'labels').mkdir()
+    for split in ('train2017', 'val2017'):
+        (data / 'coco' / 'images' / split).symlink_to(coco128 / 'images' / split)
+        (data / 'coco' / 'labels' / split).symlink_to(coco128 / 'labels' / split)
+        names = sorted(p.name for p in (coco128 / 'images' / split).glob('*.jpg'))
+        write(data / 'coco' / f'{split}.txt', ''.join(f'./images/{split}/{n}\n' for n in names))
+    for name in ('coco.data', 'coco.names'):
+        (data / name).write_bytes((repo / 'data' / name).read_bytes())
+    cfg = load_config(data / 'coco.data')
+    assert (cfg.classes, cfg.width, cfg.height, cfg.model) == (80, 352, 352, 'yolo-fastestv2')
+    assert load_split(cfg, 'train').num_boxes == 929
+    # The class names are COCO's own, as the LeYOLO release (an Ultralytics checkpoint) lists them: read its
+    # pickle's strings without unpickling it.
+    import pickletools
+    import zipfile
+    with zipfile.ZipFile(shared_path('weights/leyolo/LeYOLONano.pt')) as archive:
+        pickle = archive.read(next(n for n in archive.namelist() if n.endswith('data.pkl')))
+    strings = [arg for op, arg, _ in pickletools.genops(pickle) if op.name in ('SHORT_BINUNICODE', 'BINUNICODE')]
+    start = strings.index('person')
+    assert cfg.class_names == tuple(strings[start:start + 80])
