@@ -328,3 +328,16 @@ def test_sidecar_line_numbers_point_at_the_bad_value(host_cli, tmp_path):
 def test_arm64_binary_is_aarch64(arm64_cli):
     header = open(arm64_cli[-1], 'rb').read(20)
     assert header[:4] == b'\x7fELF' and header[18] == 0xB7   # e_machine EM_AARCH64
+
+
+def test_cli_errors_name_the_problem(host_cli, models, tmp_path):
+    param = str(models['yfv2-shipped'])
+    cases = [([param, str(tmp_path / 'nope.jpg')], r'nope\.jpg: cannot read image'),
+             ([str(tmp_path / 'none.param'), str(tmp_path / 'nope.jpg')], r'none\.json: cannot open file'),
+             ([param, 'x.jpg', '--threads', '0'], r'--threads: expected an integer >= 1, got 0'),
+             ([param, str(shared_path('images/bus.jpg')), '--out', str(tmp_path / 'o.gif')],
+              r'o\.gif: --out must end in \.jpg, \.jpeg, \.png or \.bmp'),
+             ([param, 'x.jpg', '--speed'], r'unknown option --speed')]
+    for args, message in cases:
+        result = subprocess.run(host_cli + args, capture_output=True, text=True)
+        assert result.returncode == 1 and re.search(message, result.stderr), (args, result.stderr)
