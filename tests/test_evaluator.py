@@ -143,3 +143,21 @@ def test_released_weights_reproduce_reference_map_on_coco128(tmp_path, one_threa
     ours = evaluate(runtime, cfg, progress=False)   # defaults: conf 0.001, NMS IoU 0.6
     print(ours.summary(per_class=False))
     assert ours.map50 >= reference.map50 and ours.map50_95 >= reference.map50_95
+
+
+def test_torch_runtime_with_folded_batchnorm_gives_the_models_outputs(tmp_path):
+    from model.build import build_model
+    from model.weights import load_weights
+    from utils.runtimes import load_runtime
+    cfg = load_config(write_coco128_data(tmp_path))
+    weights = shared_path(RELEASED_WEIGHTS)
+    runtime = load_runtime('torch', cfg, weights)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runtime.model.modules())
+    model = build_model(cfg, log=lambda *_: None)
+    load_weights(model, weights)
+    model.eval().export = True
+    batch = np.random.default_rng(0).random((2, 3, 352, 352), dtype=np.float32)
+    with torch.no_grad():
+        expected = [o.numpy() for o in model(torch.from_numpy(batch))]
+    for ours, reference in zip(runtime(batch), expected):
+        np.testing.assert_allclose(ours, reference, atol=1e-4)
