@@ -44,7 +44,7 @@ def test_label_in_the_mirror_layout_uses_the_last_images_folder(tmp_path):
     # .../images/data.v1/images/train/x.jpg -> .../images/data.v1/labels/train/x.txt
     image = make_image(tmp_path / 'images' / 'data.v1' / 'images' / 'train' / 'x.png')
     label = write(tmp_path / 'images' / 'data.v1' / 'labels' / 'train' / 'x.txt', '2 0.1 0.2 0.1 0.1\n')
-    assert label_candidates(image)[0] == label
+    assert label_candidates(image)[0] == str(label)
     split = check_split(write_list(tmp_path / 'train.txt', [image]), classes=3)
     np.testing.assert_allclose(split.labels[0], [[2, 0.1, 0.2, 0.1, 0.1]])
 
@@ -54,7 +54,8 @@ def test_mirror_is_preferred_to_beside_and_a_file_named_images_is_not_a_folder(t
     write(tmp_path / 'images' / 'a.txt', '0 0.5 0.5 0.5 0.5\n')
     write(tmp_path / 'labels' / 'a.txt', '1 0.5 0.5 0.5 0.5\n')
     assert check_split(write_list(tmp_path / 'l.txt', [image]), classes=2).labels[0][0, 0] == 1
-    assert label_candidates(Path('/x/images.jpg')) == [Path('/x/images.txt')]
+    assert label_candidates(Path('/x/images.jpg')) == ['/x/images.txt']
+    assert label_candidates('/d.v1/images/a.b.png') == ['/d.v1/labels/a.b.txt', '/d.v1/images/a.b.txt']
 
 
 def test_list_file_relative_paths_crlf_blank_lines_and_folders(tmp_path):

@@ -9,6 +9,7 @@ mean IoU is then measured on all boxes, so 860k COCO boxes take a few seconds.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -148,11 +149,11 @@ def read_box_sizes(source: Path, classes: int | None = None) -> tuple[np.ndarray
     image_paths = list_images(source)
     sizes, without_labels, problems = [], 0, []
     for image_path in image_paths:
-        label_path = next((p for p in label_candidates(image_path) if p.is_file()), None)
+        label_path = next((p for p in label_candidates(image_path) if os.path.isfile(p)), None)
         if label_path is None:
             without_labels += 1
             continue
-        labels, problem = parse_labels(label_path.read_text(encoding='utf-8-sig', errors='replace'), classes)
+        labels, problem = parse_labels(Path(label_path).read_text(encoding='utf-8-sig', errors='replace'), classes)
         if problem:
             problems.append(f'{label_path}:{problem}')
         sizes.append(labels[:, 3:5])

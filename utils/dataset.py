@@ -90,35 +90,39 @@ def list_images(source: Path) -> list:
         text = source.read_text(encoding='utf-8-sig')
     except UnicodeDecodeError:
         raise DatasetError(f'{source}: not a text file (a list file holds one image path a line)') from None
-    folder = source.resolve().parent
-    paths = [_resolve_listed(line.strip(), folder) for line in text.splitlines() if line.strip()]
+    folder = str(source.resolve().parent)
+    paths = [Path(_resolve_listed(line.strip(), folder)) for line in text.splitlines() if line.strip()]
     if not paths:
         raise DatasetError(f'{source}: list file holds no image paths')
     return paths
 
 
-def _resolve_listed(text: str, list_folder: Path) -> Path:
+# The next two run once per image each time a split opens, so they work on strings: pathlib would triple the time
+# to re-open a 100k-image split from its cache.
+
+def _resolve_listed(text: str, list_folder: str) -> str:
     # Relative paths are relative to the list file; Darknet's own lists are written relative to the folder darknet
     # runs in, so a path found from the working folder (and not beside the list) is taken from there.
-    path = Path(os.path.expanduser(text.replace('\\', '/')))
-    if path.is_absolute():
+    path = os.path.expanduser(text.replace('\\', '/'))
+    if os.path.isabs(path):
         return path
-    beside = list_folder / path
-    if not beside.exists() and path.exists():
-        return path.resolve()
+    beside = os.path.normpath(os.path.join(list_folder, path))
+    if not os.path.exists(beside) and os.path.exists(path):
+        return os.path.abspath(path)
     return beside
 
 
-def label_candidates(image_path: Path) -> list:
-    """Where an image's label file may be, in the order we look: Darknet's mirror layout, then beside the image."""
-    image_path = Path(image_path)
+def label_candidates(image_path) -> list:
+    """Where an image's label file may be (as strings), in the order we look: Darknet's mirror layout, then beside
+    the image. Only the extension changes, so folders with dots in their names are safe."""
+    stem = os.path.splitext(str(image_path))[0]
     candidates = []
-    parts = image_path.parts
+    parts = stem.split(os.sep)
     for i in range(len(parts) - 2, -1, -1):   # the last matching folder, never the file name itself
         if parts[i] in MIRROR_FOLDERS:
-            candidates.append(Path(*parts[:i], 'labels', *parts[i + 1:]).with_suffix('.txt'))
+            candidates.append(os.sep.join(parts[:i] + ['labels'] + parts[i + 1:]) + '.txt')
             break
-    candidates.append(image_path.with_suffix('.txt'))
+    candidates.append(stem + '.txt')
     return candidates
 
 
@@ -200,7 +204,7 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _check_one(image_path: Path, label_path: Path | None, classes: int | None) -> tuple[np.ndarray, str | None]:
+def _check_one(image_path: Path, label_path: str | None, classes: int | None) -> tuple[np.ndarray, str | None]:
     """Check one image and its label file. Returns (labels, None) or (empty, 'file[:line]: reason')."""
     problem = image_problem(image_path)
     if problem:
@@ -208,7 +212,8 @@ def _check_one(image_path: Path, label_path: Path | None, classes: int | None) -
     if label_path is None:
         return _no_labels(), None
     try:
-        text = label_path.read_bytes().decode('utf-8-sig')
+        with open(label_path, 'rb') as f:
+            text = f.read().decode('utf-8-sig')
     except UnicodeDecodeError:
         return _no_labels(), f'{label_path}: label file is not UTF-8 text'
     except OSError as error:
@@ -217,7 +222,7 @@ def _check_one(image_path: Path, label_path: Path | None, classes: int | None) -
     return labels, (f'{label_path}:{problem}' if problem else None)
 
 
-def _signature(image_path: Path) -> tuple[Path | None, tuple]:
+def _signature(image_path: str) -> tuple[str | None, tuple]:
     """(label path or None, (image size, image mtime, which label, label size, label mtime)) for the cache key."""
     try:
         st = os.stat(image_path)
@@ -300,8 +305,9 @@ def check_split(source: Path, classes: int | None, strict: bool = False, name: s
     cached = _read_cache(cache_file, classes) if use_cache else {}
     entries, reused = [], 0   # entries: (image path, signature, labels, problem or None)
     for image_path in image_paths:
-        label_path, signature = _signature(image_path)
-        hit = cached.get(str(image_path))
+        path_text = str(image_path)
+        label_path, signature = _signature(path_text)
+        hit = cached.get(path_text)
         if hit is not None and hit[0] == signature:
             labels, problem = hit[1], hit[2]
             reused += 1
