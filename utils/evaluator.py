@@ -97,12 +97,12 @@ def predict_split(runtime, split, cfg, conf: float, iou: float, max_det: int, ba
     loader = torch.utils.data.DataLoader(EvalDataset(split, cfg), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=collate_eval)
     detections, sizes = [None] * len(split), [None] * len(split)
-    seconds.update(read_and_resize=0.0, inference=0.0, postprocess=0.0)
+    seconds.update(waiting_for_images=0.0, inference=0.0, postprocess=0.0)
     tick = time.perf_counter()
     for images, infos, indices in tqdm(loader, desc=f'evaluating {split.name}', disable=not progress,
                                        unit='batch', leave=False):
         start = time.perf_counter()
-        seconds['read_and_resize'] += start - tick
+        seconds['waiting_for_images'] += start - tick
         outputs = runtime(images.numpy().astype(np.float32) / 255.0)
         middle = time.perf_counter()
         for dets, info, index in zip(postprocess(outputs, runtime.spec, conf, iou, max_det), infos, indices):

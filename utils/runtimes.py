@@ -30,9 +30,11 @@ class TorchRuntime:
     name = 'torch'
 
     def __init__(self, model: torch.nn.Module):
+        model = getattr(model, 'module', model)   # unwrap DataParallel / DistributedDataParallel
         self.model = model
         self.spec = model.spec
-        self.device = next(model.parameters()).device
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
 
     @torch.no_grad()
     def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
@@ -42,7 +44,8 @@ class TorchRuntime:
         try:
             # channels-last input makes PyTorch's CPU depthwise convolutions about twice as fast (measured with
             # Yolo-FastestV2, bench/eval_speed.py); the model's own tensors are left as they are
-            batch = torch.as_tensor(batch_nchw, device=self.device).contiguous(memory_format=torch.channels_last)
+            batch = torch.as_tensor(batch_nchw, device=self.device, dtype=self.dtype).contiguous(
+                memory_format=torch.channels_last)
             outputs = self.model(batch)
         finally:
             self.model.train(was_training)
