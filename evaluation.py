@@ -24,6 +24,7 @@ def parse_args(argv=None):
     parser.add_argument('--weights', required=True,
                         help='torch: .pth (checkpoint or released); onnx/opencv: .onnx; ncnn: .param')
     parser.add_argument('--backend', default='torch', choices=BACKENDS, help='what runs the model (default torch)')
+    parser.add_argument('--split', default='val', choices=('val', 'train'), help='which split to score (default val)')
     parser.add_argument('--conf', type=float, default=0.001, help='score threshold before NMS (default 0.001)')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold (default 0.6)')
     parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.data)
         runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
-        result = evaluate(runtime, cfg, conf=args.conf, iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf,
+        result = evaluate(runtime, cfg, split=args.split, conf=args.conf, iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf,
                           batch_size=args.batch_size, workers=args.workers, save_json=args.save_json,
                           plots_dir=args.plots, verbose_split=True)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as error:
