@@ -102,7 +102,7 @@ epochs=40
 steps=30,36
 batch_size=32
 subdivisions=1
-learning_rate=0.01
+learning_rate=0.001
 warmup_epochs=1
 eval_interval=10
 

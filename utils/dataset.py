@@ -271,7 +271,7 @@ def _write_cache(path: Path, classes: int | None, entries: list) -> str:
         return f'cache not written: {folder} is not writable'
     if any('\n' in str(e[0]) for e in entries):
         return 'cache not written: an image path holds a newline'
-    temporary = path.with_name(path.name + '.tmp')
+    temporary = path.with_name(f'{path.name}.{os.getpid()}.tmp')   # per process: DDP ranks may write at once
     try:
         with open(temporary, 'wb') as f:
             np.savez(f, version=np.array(CACHE_VERSION), classes=np.array(classes or -1),
