@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from utils.anchors import kmeans_anchors
+from utils.anchors import kmeans_anchors, mean_best_iou
 from utils.config import load_config
 from utils.dataset import load_split
 
@@ -57,7 +57,6 @@ def test_sample_loads_through_the_data_file_without_problems(sample):
     # The anchors in the .data are k-means anchors of these boxes: recomputing them independently of the file
     # (another seed) gives the same mean IoU within a hair.
     boxes_wh = np.concatenate(train.labels)[:, 3:5].astype(np.float64)
-    from utils.anchors import mean_best_iou
     file_iou = mean_best_iou(boxes_wh, np.array(cfg.anchors).reshape(-1, 2) / 160)
     _, fresh_iou = kmeans_anchors(boxes_wh, 6, seed=11)
     assert file_iou > 0.7 and abs(file_iou - fresh_iou) < 0.01
