@@ -173,6 +173,9 @@ class _Run:
             report = load_weights(model, options.weights, strict=False)
             self.log(f'weights {options.weights}: loaded {report["loaded"]}/{report["total"]} tensors'
                      + (f', skipped (shape differs): {len(report["wrong_shape"])}' if report['wrong_shape'] else ''))
+        if (options.weights or cfg.pre_weights) and not checkpoint and cfg.learning_rate >= 1e-3:
+            self.log(f'note: fine-tuning a trained model at learning_rate {cfg.learning_rate}; 0.0001 is safer '
+                     f'(0.001 is the from-scratch / ImageNet-backbone rate, see utils/loss.py)')
         self._print_summary(model)
         if options.sync_bn and self.world > 1:
             if self.device.type == 'cuda':
