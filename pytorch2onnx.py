@@ -7,6 +7,7 @@ then prints max and mean |diff| of each output for onnxruntime, OpenCV DNN and N
 the detections are the same. Exits non-zero when a check fails. Input size, classes and anchors come from the .data.
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def parse_args():
     parser.add_argument('--conf-thresh', type=float, default=DEFAULT_CONF_THRESH,
                         help='score threshold written to the sidecar and used by the detection check')
     parser.add_argument('--nms-iou', type=float, default=DEFAULT_NMS_IOU, help='NMS IoU written to the sidecar')
+    parser.add_argument('--int8', action='store_true', help='also write X-int8.param/.bin/.json (INT8 NCNN)')
+    parser.add_argument('--calib-images', type=int, default=128,
+                        help='train-split images to calibrate INT8 on (default 128, or all if fewer)')
+    parser.add_argument('--calib-method', default='mse', choices=('mse', 'kl', 'minmax'),
+                        help="activation scales: 'mse' (default: KL threshold refined per layer), NCNN's 'kl', "
+                             "'minmax'")
     return parser.parse_args()
 
 
@@ -64,10 +71,13 @@ def load_check_image(path) -> tuple[np.ndarray, str]:
 
 def main():
     args = parse_args()
+    if args.int8 and args.no_ncnn:
+        raise SystemExit('error: --int8 quantizes the NCNN model; it cannot go with --no-ncnn')
     torch.set_num_threads(1)
     try:
         cfg = load_config(args.data)
-        model = build_model(cfg)
+        # --weights replaces whatever the .data starts training from, so don't read those files first
+        model = build_model(dataclasses.replace(cfg, pre_weights=None, backbone_weights=None))
         load_weights(model, args.weights)
     except (ConfigError, WeightsError, ValueError) as error:   # each names the file (and line) at fault
         raise SystemExit(f'error: {error}')
@@ -87,6 +97,12 @@ def main():
     print(report.text())
     if not report.ok:
         sys.exit(1)
+    if args.int8:
+        from utils.int8 import quantize_with_config
+        try:
+            quantize_with_config(paths['param'], cfg, args.calib_images, method=args.calib_method)
+        except ValueError as error:
+            raise SystemExit(f'error: {error}')
 
 
 if __name__ == '__main__':
