@@ -61,7 +61,7 @@ SRC="$CACHE/ncnn-$NCNN_VERSION-src"
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
   TARBALL="$CACHE/ncnn-$NCNN_VERSION.tar.gz"
   if [ ! -f "$TARBALL" ]; then
-    INDEX_URL="${PIP_INDEX_URL:-$(pip config get global.index-url 2>/dev/null || true)}"
+    INDEX_URL="${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}"
     INDEX_URL="${INDEX_URL:-https://pypi.org/simple}"
     log "fetching ncnn-$NCNN_VERSION.tar.gz from $INDEX_URL"
     python3 - "$INDEX_URL" "$NCNN_VERSION" "$TARBALL" <<'EOF'
@@ -123,6 +123,7 @@ if [ ! -f "$NCNN_DIR/install/.complete" ]; then
     exit 1
   fi
   touch "$NCNN_DIR/install/.complete"
+  rm -rf "$NCNN_DIR/build"   # the install is all the app needs; the objects are 20-150 MB
 fi
 NCNN_CMAKE_DIR="$(dirname "$(find "$NCNN_DIR/install" -name ncnnConfig.cmake | head -1)")"
 
