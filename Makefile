@@ -18,3 +18,11 @@ test: setup
 
 demo: setup
 	$(PY) data/demo.py
+
+# The C++ NCNN app (sample/ncnn): NCNN is built from its sdist once and cached in ~/.cache/tinydet/.
+.PHONY: ncnn-app ncnn-app-arm64
+ncnn-app:
+	bash sample/ncnn/build.sh host
+
+ncnn-app-arm64:
+	bash sample/ncnn/build.sh arm64
