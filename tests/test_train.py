@@ -1,4 +1,4 @@
-"""The trainer end to end on a small generated dataset: it learns (mAP from pycocotools via utils.evaluator rises
+"""The trainer end to end on a small copy of the generated sample dataset: it learns (mAP from pycocotools via utils.evaluator rises
 above the untrained model's), resumes after SIGTERM to the same final state, never leaves a half-written
 checkpoint, survives and then refuses non-finite losses, and runs under torchrun with 2 CPU processes (gloo)."""
 import csv
@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,53 +20,18 @@ torch.set_num_threads(1)   # the test machine has 2 cores shared by many process
 SIZE = 96
 
 
-def make_dataset(folder, train=96, val=32, seed=0):
-    """Flat circles (class 0) and squares (class 1) of 12..32 px on noisy grey, Darknet layout, and its .data."""
-    import cv2
-    rng = np.random.default_rng(seed)
-    for split, count in (('train', train), ('val', val)):
-        (folder / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image = np.clip(rng.normal(100, 20, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            lines = []
-            for _ in range(rng.integers(1, 4)):
-                c, s = int(rng.integers(0, 2)), int(rng.integers(SIZE // 8, SIZE // 3))
-                x, y = int(rng.integers(0, SIZE - s)), int(rng.integers(0, SIZE - s))
-                colour = tuple(int(v) for v in rng.integers(0, 255, 3))
-                if c == 0:
-                    cv2.circle(image, (x + s // 2, y + s // 2), s // 2, colour, -1)
-                else:
-                    cv2.rectangle(image, (x, y), (x + s - 1, y + s - 1), colour, -1)
-                lines.append(f'{c} {(x + s / 2) / SIZE:.5f} {(y + s / 2) / SIZE:.5f} {s / SIZE:.5f} {s / SIZE:.5f}')
-            cv2.imwrite(str(folder / split / f'{i}.jpg'), image)
-            (folder / split / f'{i}.txt').write_text('\n'.join(lines) + '\n')
-    (folder / 'shapes.names').write_text('circle\nsquare\n')
-    data = folder / 'shapes.data'
-    data.write_text(f"""[name]
-model_name=shapes
-[train-configure]
-epochs=3
-steps=100,200
-batch_size=8
-learning_rate=0.001
-warmup_epochs=1
-eval_interval=1
-[model-configure]
-classes=2
-width={SIZE}
-height={SIZE}
-[data-configure]
-train=train
-val=val
-names=shapes.names
-workers=0
-""")
-    return data
-
-
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp('shapes'))
+    """The project's generated sample dataset (data/make_sample.py), small: 96 train + 32 val images of 96x96."""
+    from data.make_sample import generate
+    folder = tmp_path_factory.mktemp('sample')
+    generate(folder, seed=0, train=96, val=32, size=SIZE)
+    return folder / 'sample.data'
+
+
+# Small and fast for the tests, whatever the sample's .data says: batch 8 (12 steps per epoch), no worker processes.
+FAST = dict(batch_size=8, workers=0, warmup_epochs=1)
+FAST_ARGS = ['--batch-size', 8, '--workers', 0]
 
 
 def run_train(*args, timeout=600):
@@ -132,10 +96,10 @@ save_atomic({{'model': {{'w': torch.ones(200000)}}, 'epoch': 2, 'z': Stall()}}, 
 def test_train_dataset_items_cache_and_mosaic_switch(dataset):
     from utils.dataset import load_split
     from utils.train_data import TrainDataset, collate
-    cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0)
+    cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, **FAST)
     split = load_split(cfg, 'train', verbose=False)
     plain = TrainDataset(split, cfg)
-    cached = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='ram'))
+    cached = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='ram', **FAST))
     for index in (0, 5):
         image, labels = plain[index]
         assert image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE)
@@ -159,15 +123,16 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     from model.build import build_model
     from utils.evaluator import evaluate
     from utils.trainer import TrainOptions, train
-    # Started, as users do, from the ImageNet backbone (from scratch the same run reaches mAP@0.5 of about 0.1).
+    # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 15 epochs of 12 steps.
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
-    cfg = load_config(dataset, epochs=15, eval_interval=15, steps=(12,), close_mosaic=4, backbone_weights=backbone)
+    cfg = load_config(dataset, epochs=15, eval_interval=15, steps=(12,), close_mosaic=4, backbone_weights=backbone,
+                      **FAST)
     torch.manual_seed(0)
     untrained = evaluate(build_model(cfg, log=lambda s: None).eval(), cfg, progress=False)
     report = train(cfg, TrainOptions(out_dir=tmp_path, device='cpu', workers=0))
     trained = evaluate(load_trained(cfg, tmp_path / 'best.pt'), cfg, progress=False)
     print(f'mAP@0.5 untrained {untrained.map50:.4f}, trained {trained.map50:.4f}')
-    assert trained.map50 > max(0.15, 5 * untrained.map50)
+    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.081
     assert report['best_map50_95'] == pytest.approx(trained.map50_95, abs=1e-6)
     assert results_epochs(tmp_path) == list(range(1, 16))
     assert (tmp_path / 'results.png').stat().st_size > 1000
@@ -183,7 +148,7 @@ def load_trained(cfg, path):
 
 def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     epochs = 3
-    first = run_train('--data', dataset, '--out', tmp_path, '--device', 'cpu', '--epochs', epochs)
+    first = run_train('--data', dataset, '--out', tmp_path, '--device', 'cpu', '--epochs', epochs, *FAST_ARGS)
     deadline = time.time() + 300
     while not (tmp_path / 'last.pt').exists():   # written at the end of epoch 1
         assert first.poll() is None, first.stdout.read()
@@ -195,7 +160,7 @@ def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     stopped = load_checkpoint(tmp_path / 'last.pt')
     assert 1 <= stopped['epoch'] < epochs   # stopped after epoch 1, before the end
 
-    second = run_train('--resume', tmp_path / 'last.pt', '--device', 'cpu')
+    second = run_train('--resume', tmp_path / 'last.pt', '--device', 'cpu', '--workers', 0)
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output
     assert 'resuming' in output
@@ -205,7 +170,8 @@ def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     # the same number of optimizer steps as an uninterrupted run: 96 images / batch 8 = 12 per epoch
     assert final['schedule']['optimizer_steps'] == 12 * epochs
     # Exactly where an uninterrupted run ends: same data order, augmentations, schedule and optimizer state.
-    straight = run_train('--data', dataset, '--out', tmp_path / 'straight', '--device', 'cpu', '--epochs', epochs)
+    straight = run_train('--data', dataset, '--out', tmp_path / 'straight', '--device', 'cpu', '--epochs', epochs,
+                         *FAST_ARGS)
     output = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, output
     reference = load_checkpoint(tmp_path / 'straight' / 'last.pt')
@@ -232,7 +198,7 @@ def test_nonfinite_losses_are_skipped_then_abort(dataset, tmp_path, monkeypatch)
             return loss
         return build
 
-    cfg = load_config(dataset, epochs=1, eval_interval=5)
+    cfg = load_config(dataset, epochs=1, eval_interval=5, **FAST)
     monkeypatch.setattr(trainer, 'build_loss', poisoned({2, 3}))
     with pytest.warns(UserWarning, match='step skipped'):
         trainer.train(cfg, trainer.TrainOptions(out_dir=tmp_path / 'a', device='cpu', workers=0))
@@ -251,7 +217,7 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
         port = s.getsockname()[1]
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(port)]
     done = subprocess.run([*torchrun, str(REPO / 'train.py'), '--data', str(dataset), '--out', str(tmp_path),
-                           '--device', 'cpu', '--epochs', '1', '--sync-bn'],
+                           '--device', 'cpu', '--epochs', '1', '--sync-bn', *map(str, FAST_ARGS)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert '--sync-bn ignored' in done.stdout + done.stderr   # SyncBatchNorm is CUDA-only
