@@ -1,0 +1,124 @@
+"""Fine-tuning sanity check: start from released COCO weights, train on coco128, the mAP must hold.
+
+    .venv/bin/python bench/finetune.py                          # Yolo-FastestV2, 352 stretch, lr 0.001, 10 epochs
+    .venv/bin/python bench/finetune.py --model leyolo-nano      # LeYOLO-nano, 320 letterbox
+    .venv/bin/python bench/finetune.py --epochs 3 --lr 0.0001 --warmup-epochs 0 --out runs/ft
+
+Writes a .data for coco128 (train = ../shared/datasets/coco128/images/train2017, val = .../val2017, names =
+data/coco.names), scores the released weights on val2017 with utils.evaluator.evaluate (pycocotools), fine-tunes
+through the trainer API as `train.py --weights <released>` does, scores the trained model (the EMA of last.pt,
+what the trainer itself evaluates and exports) and prints both with their ratio. The baseline is the released
+model measured in the same run.
+Criterion (the issue's sanity check): yolo-fastestv2 keeps at least 90% of its starting mAP@0.5; leyolo-nano
+keeps at least 90% of its starting mAP@0.5:0.95. Exit status 0 on PASS, 1 on FAIL, 2 when ../shared is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from utils.config import YFV2_COCO_ANCHORS_352, load_config  # noqa: E402
+
+COCO128 = SHARED / 'datasets' / 'coco128'
+# model -> (released weights, head, input side px, letterbox, the metric that must hold)
+MODELS = {
+    'yolo-fastestv2': (SHARED / 'weights' / 'yolo-fastestv2' / 'coco2017-0.241078ap-model.pth', 'anchor', 352, False,
+                       'map50'),
+    'leyolo-nano': (SHARED / 'weights' / 'leyolo' / 'LeYOLONano.pt', 'leyolo', 320, True, 'map50_95'),
+}
+MIN_RATIO = 0.9
+
+
+def write_data(folder: Path, model: str, epochs: int, batch_size: int, lr: float, warmup_epochs: float | None,
+               workers: int) -> Path:
+    _, head, side, letterbox, _ = MODELS[model]
+    lines = ['[name]', f'model_name=finetune-{model}',
+             '[train-configure]', f'epochs={epochs}', 'steps=150,250', f'batch_size={batch_size}', 'subdivisions=1',
+             f'learning_rate={lr}', 'eval_interval=1000']    # evaluated after the last epoch only
+    if warmup_epochs is not None:
+        lines.append(f'warmup_epochs={warmup_epochs}')
+    lines += ['[model-configure]', f'model={model}', f'head={head}', 'classes=80', f'width={side}',
+              f'height={side}', 'anchor_num=3']
+    if head == 'anchor':
+        lines.append('anchors=' + ','.join(f'{v:g}' for v in YFV2_COCO_ANCHORS_352))
+    lines += ['[data-configure]', f'train={COCO128 / "images" / "train2017"}', f'val={COCO128 / "images" / "val2017"}',
+              f'names={REPO / "data" / "coco.names"}', f'letterbox={int(letterbox)}', f'workers={workers}']
+    path = folder / 'coco128.data'
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def score(model, cfg) -> tuple[float, float]:
+    from utils.evaluator import evaluate
+    result = evaluate(model.eval(), cfg, progress=False)
+    return float(result.map50), float(result.map50_95)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='yolo-fastestv2', choices=tuple(MODELS))
+    parser.add_argument('--epochs', type=int, default=10)
+    parser.add_argument('--batch-size', type=int, default=8, help='images per step (8: 16 steps per epoch, so '
+                        'the run outlasts the 100-step warmup and trains at the full lr)')
+    parser.add_argument('--lr', type=float, default=0.001, help='learning_rate (0.001: every Yolo-FastestV2 .data)')
+    parser.add_argument('--warmup-epochs', type=float, help='warmup_epochs (default: the .data default)')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--out', type=Path, help='training output folder (default: a temporary folder)')
+    args = parser.parse_args()
+    weights, _, _, _, criterion = MODELS[args.model]
+    for needed in (COCO128, weights):
+        if not needed.exists():
+            print(f'{needed} is absent: this benchmark needs ../shared')
+            return 2
+    torch.set_num_threads(args.threads)
+
+    from model.build import build_model
+    from model.weights import load_weights
+    from utils.trainer import TrainOptions, train, warmup_steps_for
+    out = args.out or Path(tempfile.mkdtemp(prefix='finetune_'))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(write_data(out, args.model, args.epochs, args.batch_size, args.lr, args.warmup_epochs,
+                                 args.workers))
+
+    released = build_model(cfg, log=lambda s: None)
+    load_weights(released, weights, strict=False)
+    start = score(released, cfg)
+    del released
+
+    from utils.dataset import load_split
+    steps_per_epoch = len(load_split(cfg, 'train', verbose=False).image_paths) // cfg.batch_size
+    print(f'{args.model}: fine-tuning {weights.name} on coco128 train2017, {cfg.epochs} epochs x '
+          f'{steps_per_epoch} steps of {cfg.batch_size} images, learning_rate {cfg.learning_rate}, warmup '
+          f'{warmup_steps_for(cfg, steps_per_epoch)} steps, {args.threads} threads')
+    began = time.perf_counter()
+    train(cfg, TrainOptions(out_dir=out, device='cpu', workers=args.workers, weights=weights))
+    train_s = time.perf_counter() - began
+
+    trained = build_model(cfg, log=lambda s: None)
+    load_weights(trained, out / 'last.pt')   # our checkpoint: the EMA weights, as the trainer evaluates them
+    end = score(trained, cfg)
+
+    print(f'\n{args.model} on coco128 val2017 (pycocotools), before -> after {cfg.epochs} epochs at lr '
+          f'{cfg.learning_rate} ({train_s:.0f} s training):')
+    ratios = {}
+    for index, name in enumerate(('map50', 'map50_95')):
+        ratios[name] = end[index] / max(start[index], 1e-9)
+        print(f'  {"mAP@0.5" if name == "map50" else "mAP@0.5:0.95":13s} {start[index]:.4f} -> {end[index]:.4f}'
+              f'   ratio {ratios[name]:.3f}')
+    ok = ratios[criterion] >= MIN_RATIO
+    print(f'{"PASS" if ok else "FAIL"}: {criterion} ratio {ratios[criterion]:.3f} (must be >= {MIN_RATIO})')
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
