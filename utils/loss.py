@@ -16,7 +16,7 @@ Terms, per scale s:
          matched positions and 0 elsewhere; weighted by OBJ_BALANCE[stride] (finer scales hold more
          small, hard objects and more cells)
     cls  softmax cross-entropy of the cell's class logits against the match's class, mean over matches
-    total = LOSS_SCALE * (BOX_GAIN * sum box + OBJ_GAIN * sum balance*obj + CLS_GAIN * sum cls)
+    total = ANCHOR_LOSS_SCALE * (BOX_GAIN * sum box + OBJ_GAIN * sum balance*obj + CLS_GAIN * sum cls)
 
 Box and objectness gains are YOLOv5's (0.05, 1.0). The class gain is 0.005, not YOLOv5's 0.5 (tuned for per-class
 BCE, which YOLOv5 also scales by classes/80): a softmax cross-entropy that strong swamps the cls/obj tower the two
@@ -24,12 +24,14 @@ share. Measured: from the released COCO weights, 10 SGD steps with cls gain 0.05
 images from 0.55 to 0.002, with 0.005 up to 0.74; from an ImageNet backbone on a 2-class set both reach mAP@0.5
 0.27-0.31 in 15 short epochs, and 0.15 or more stops the boxes improving. Yolo-FastestV2 itself weighs cls far
 below box.
-Scale: LOSS_SCALE = 64 gives box 3.2 and obj 64 per unit of mean loss, Yolo-FastestV2's own weights for a loss
+Scale: ANCHOR_LOSS_SCALE = 64 gives box 3.2 and obj 64 per unit of mean loss, Yolo-FastestV2's own weights for a loss
 that does not grow with the batch size, so its .data files' learning_rate 0.001 takes the steps it takes there.
 (YOLOv5 instead multiplies by the batch size and uses lr 0.01.) Measured, released COCO weights on coco128, batch
 16, lr 0.001, 12 steps, mAP@0.5 0.34 before: scale 640 -> 0.00 (0.17 without the 10x bias warmup lr), scale 64
 -> 0.32; from the ImageNet backbone the sample test (tests/test_train.py) reached mAP@0.5 0.089 with 64, 0.081 with
 640.
+LOSS_SCALE (640) stays the LeYOLO loss's (utils/loss_leyolo.py imports it): that loss follows Ultralytics, who
+multiply by the batch size (nominal 64) at lr 0.01, so 64 * 10 keeps their steps at lr 0.001.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ import torch.nn.functional as F
 
 ANCHOR_RATIO_MAX = 4.0
 BOX_GAIN, OBJ_GAIN, CLS_GAIN = 0.05, 1.0, 0.005
-LOSS_SCALE = 64.0
+ANCHOR_LOSS_SCALE = 64.0   # Yolo-FastestV2's scale
+LOSS_SCALE = 640.0         # the LeYOLO loss's, see above
 OBJ_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1}
 # neighbour offsets in cells: centre, left, up, right, down (subtracted from the centre cell)
 _NEIGHBOURS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
@@ -139,6 +142,6 @@ class AnchorLoss:
                 obj_target.view(-1).scatter_reduce_(0, flat, box_iou.detach().clamp(min=0), 'amax')
                 loss_cls = loss_cls + F.cross_entropy(cls[img, :, gy, gx], tcls)
             loss_obj = loss_obj + balance * F.binary_cross_entropy_with_logits(obj, obj_target)
-        total = LOSS_SCALE * (BOX_GAIN * loss_box + OBJ_GAIN * loss_obj + CLS_GAIN * loss_cls)
+        total = ANCHOR_LOSS_SCALE * (BOX_GAIN * loss_box + OBJ_GAIN * loss_obj + CLS_GAIN * loss_cls)
         parts = {'box': loss_box.item(), 'obj': loss_obj.item(), 'cls': loss_cls.item(), 'matches': matches}
         return total, parts
