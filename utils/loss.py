@@ -105,6 +105,20 @@ def match_targets(targets: torch.Tensor, anchors_grid: torch.Tensor, grid_w: int
     return (t[k, 0].long(), anchor[k], cell[:, 1], cell[:, 0], t[k, 1].long()), boxes
 
 
+def checked_targets(outputs, targets: torch.Tensor, strides: tuple, num_classes: int) -> torch.Tensor:
+    """Targets (M, 6) as float, after checking that they fit the head's outputs; a mismatch names its cause."""
+    if len(outputs) != len(strides):
+        raise ValueError(f'the loss expects {len(strides)} scales (strides {strides}), got {len(outputs)} outputs')
+    targets = targets.float()
+    if len(targets) and int(targets[:, 1].max()) >= num_classes:
+        raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
+                         f'{num_classes} classes (check `classes` in the .data file)')
+    batch = outputs[0][0].shape[0]
+    if len(targets) and not 0 <= int(targets[:, 0].min()) <= int(targets[:, 0].max()) < batch:
+        raise ValueError(f'a target names image {int(targets[:, 0].max())} of a batch of {batch} images')
+    return targets
+
+
 class AnchorLoss:
     def __init__(self, spec):
         self.strides = tuple(spec.strides)
@@ -113,13 +127,7 @@ class AnchorLoss:
         self.balance = [OBJ_BALANCE.get(s, 0.1) for s in self.strides]
 
     def __call__(self, outputs, targets: torch.Tensor):
-        if len(outputs) != len(self.strides):
-            raise ValueError(f'the loss expects {len(self.strides)} scales (strides {self.strides}), '
-                             f'got {len(outputs)} outputs')
-        targets = targets.float()
-        if len(targets) and int(targets[:, 1].max()) >= self.num_classes:
-            raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
-                             f'{self.num_classes} classes (check `classes` in the .data file)')
+        targets = checked_targets(outputs, targets, self.strides, self.num_classes)
         device = outputs[0][0].device
         loss_box = torch.zeros((), device=device)
         loss_obj, loss_cls = torch.zeros_like(loss_box), torch.zeros_like(loss_box)

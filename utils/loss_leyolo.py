@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.assign import TaskAlignedAssigner
-from utils.loss import LOSS_SCALE, ciou
+from utils.loss import LOSS_SCALE, checked_targets, ciou
 
 BOX_GAIN, CLS_GAIN, DFL_GAIN = 7.5, 0.5, 1.5
 # Ultralytics clips the gradient norm at 10 for a loss 10x smaller than ours. LeYOLO needs it: from the released
@@ -96,16 +96,8 @@ class LeYOLOLoss:
         self.assigner = TaskAlignedAssigner(spec.num_classes, topk=topk, alpha=alpha, beta=beta)
 
     def __call__(self, outputs, targets: torch.Tensor):
-        if len(outputs) != len(self.strides):
-            raise ValueError(f'the loss expects {len(self.strides)} scales (strides {self.strides}), '
-                             f'got {len(outputs)} outputs')
-        targets = targets.float()
-        if len(targets) and int(targets[:, 1].max()) >= self.num_classes:
-            raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
-                             f'{self.num_classes} classes (check `classes` in the .data file)')
+        targets = checked_targets(outputs, targets, self.strides, self.num_classes)
         batch = outputs[0][0].shape[0]
-        if len(targets) and not 0 <= int(targets[:, 0].min()) <= int(targets[:, 0].max()) < batch:
-            raise ValueError(f'a target names image {int(targets[:, 0].max())} of a batch of {batch} images')
         device = outputs[0][0].device
         # (B, A, 4, reg_max) box logits and (B, A, C) class logits, scales concatenated
         box_logits = torch.cat([b.float().flatten(2) for b, _ in outputs], 2).transpose(1, 2)
