@@ -31,9 +31,6 @@ ANCHORS = '12.64,19.39, 37.88,51.48, 55.71,138.31, 126.91,78.23, 131.57,214.55, 
 
 def write_data_file(folder: Path) -> Path:
     names = REPO / 'data' / 'coco.names'
-    if not names.is_file():   # names only label the table
-        names = folder / 'coco.names'
-        names.write_text(''.join(f'class{c}\n' for c in range(80)))
     path = folder / 'coco128.data'
     path.write_text(f'[model-configure]\nclasses=80\nwidth=352\nheight=352\nanchor_num=3\nanchors={ANCHORS}\n'
                     f'[data-configure]\ntrain={VAL}\nval={VAL}\nnames={names}\n')

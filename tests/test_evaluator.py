@@ -21,9 +21,6 @@ def write_coco128_data(folder: Path) -> Path:
     """A Yolo-FastestV2 .data file for coco128 val2017 at 352x352 stretch (train = val: only val is read)."""
     val = shared_path('datasets/coco128/images/val2017')
     names = REPO / 'data' / 'coco.names'
-    if not names.is_file():   # the names only label the output; every number is the same without them
-        names = folder / 'coco.names'
-        names.write_text(''.join(f'class{c}\n' for c in range(80)))
     path = folder / 'coco128.data'
     path.write_text(f'[model-configure]\nclasses=80\nwidth=352\nheight=352\nanchor_num=3\nanchors={YFV2_ANCHORS}\n'
                     f'[data-configure]\ntrain={val}\nval={val}\nnames={names}\n')
