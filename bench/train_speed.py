@@ -36,7 +36,7 @@ from utils.config import load_config  # noqa: E402
 from utils.dataset import load_split  # noqa: E402
 from utils.loss import build_loss  # noqa: E402
 from utils.train_data import TrainDataset, collate  # noqa: E402
-from utils.trainer import optimizer_groups  # noqa: E402
+from utils.schedule import optimizer_groups  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128' / 'images' / 'train2017'
 REFERENCE_IMAGES_PER_S = 32 / 1.27   # Yolo-FastestV2's train.py, recorded figure

@@ -6,19 +6,7 @@ One epoch:  for each mini-batch (batch_size / subdivisions images, split again a
     and after the last, append a row to results.csv, redraw results.png, write last.pt (and best.pt when
     mAP@0.5:0.95 improved).
 
-Learning rate, per optimizer step (Yolo-FastestV2's step schedule with YOLOv5's warmup):
-    lr = learning_rate * 0.1 ** (number of `steps` epochs reached)
-    warmup: the first max(warmup_epochs x steps per epoch, WARMUP_MIN_STEPS) optimizer steps (none if warmup_epochs
-    is 0); weights and BN ramp linearly from 0, momentum from WARMUP_MOMENTUM up, biases down from
-    WARMUP_BIAS_LR_FACTOR * lr when the head starts untrained (a high bias lr lets the objectness prior settle
-    first) and up from 0 like the weights when starting from a trained model (--weights or pre_weights).
-A minimum in steps, not epochs: on a small dataset 3 epochs are a handful of steps, and a full-lr step on
-a trained model right away undoes it. Measured (released COCO weights, coco128, batch 16, lr 0.001, 12 steps,
-mAP@0.5 0.34 before): bias lr from 10x lr -> 0.30 (0.00 with the former 10x loss scale), bias lr from 0 -> 0.32.
-Longer runs still lose mAP on coco128 (10 epochs at lr 0.001: batch 64 keeps 95%, batch 16 74%, batch 8 13%;
-batch 8 at lr 0.0001 78%): see bench/finetune.py. The loss is a per-batch mean, so a smaller batch takes more
-steps of the same size per epoch.
-Weight decay applies to conv and linear weights only, not to BatchNorm weights or biases.
+The optimizer and its schedule: utils/schedule.py. results.csv and results.png: utils/results_log.py.
 
 Crash safety: checkpoints are written atomically (utils/checkpoint.py). SIGINT / SIGTERM finish the current
 mini-batch, write last.pt with the position inside the epoch, and raise `TrainingInterrupted`; `resume` starts
@@ -26,7 +14,6 @@ again at that batch with the same schedule, data order and augmentations (both a
 """
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import time
@@ -47,14 +34,12 @@ from utils.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_s
 from utils.dataset import load_split
 from utils.ema import ModelEMA
 from utils.loss import build_loss
+from utils.results_log import append_results
+from utils.schedule import (WARMUP_BIAS_LR_FACTOR, epoch_indices, optimizer_groups, set_learning_rate,
+                            warmup_steps_for)
 from utils.train_data import TrainDataset, collate
 
-WARMUP_MOMENTUM = 0.8
-WARMUP_BIAS_LR_FACTOR = 10.0  # YOLOv5: warmup_bias_lr 0.1 with lr0 0.01 (from-scratch heads only)
-WARMUP_MIN_STEPS = 100        # YOLOv5's minimum; Yolo-FastestV2 burns in over 1000 iterations
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
-# results.csv: these columns around the loss terms the head's loss reports (anchor: box obj cls; leyolo: + dfl)
-RESULT_FIRST, RESULT_LAST = ['epoch', 'lr'], ['loss', 'map50', 'map50_95', 'images_per_s', 'epoch_s']
 
 
 class TrainingInterrupted(Exception):
@@ -104,53 +89,6 @@ def _setup_distributed(device_name: str) -> tuple[int, int, int]:
         torch.cuda.set_device(local_rank)
     dist.init_process_group('nccl' if cuda else 'gloo')
     return dist.get_rank(), world, local_rank
-
-
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Three groups: conv/linear weights (decayed), BatchNorm weights and biases (not decayed)."""
-    decayed, norm_weights, biases = [], [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == 'bias':
-                biases.append(p)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                norm_weights.append(p)
-            else:
-                decayed.append(p)
-    return [dict(params=decayed, weight_decay=weight_decay, name='weights'),
-            dict(params=norm_weights, weight_decay=0.0, name='norm'),
-            dict(params=biases, weight_decay=0.0, name='bias')]
-
-
-def warmup_steps_for(cfg, steps_per_epoch: int) -> int:
-    if cfg.warmup_epochs <= 0:
-        return 0
-    return max(round(cfg.warmup_epochs * steps_per_epoch), WARMUP_MIN_STEPS)
-
-
-def set_learning_rate(optimizer, cfg, epoch: int, step: int, warmup_steps: int,
-                      bias_lr_factor: float = WARMUP_BIAS_LR_FACTOR) -> float:
-    """Apply the schedule for optimizer step `step` of epoch `epoch`; return the weights' lr.
-    bias_lr_factor: biases start warmup at this multiple of learning_rate (0 when starting from trained weights)."""
-    lr = cfg.learning_rate * 0.1 ** sum(epoch >= s for s in cfg.steps)
-    for group in optimizer.param_groups:
-        group['lr'], group['momentum'] = lr, cfg.momentum
-        if step < warmup_steps:
-            progress = step / warmup_steps
-            start = cfg.learning_rate * bias_lr_factor if group['name'] == 'bias' else 0.0
-            group['lr'] = start + (lr - start) * progress
-            group['momentum'] = WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * progress
-    return optimizer.param_groups[0]['lr']
-
-
-def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This process's share of a shuffled epoch, the same for a given (seed, epoch) in every run."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-    per_rank = -(-n // world)
-    order += order[:per_rank * world - n]    # equal shares, so every process runs the same number of steps
-    return order[rank::world]
 
 
 def _ignore_sigint(_worker_id):
@@ -359,8 +297,8 @@ class _Run:
             improved = map50_95 is not None and map50_95 > self.best_score
             if improved:
                 self.best_score, self.best_epoch = map50_95, epoch
-            self._write_results(dict(epoch=epoch + 1, lr=lr, **means, map50=map50, map50_95=map50_95,
-                                     images_per_s=images_per_s, epoch_s=seconds))
+            append_results(self.out_dir, dict(epoch=epoch + 1, lr=lr, **means, map50=map50, map50_95=map50_95,
+                                              images_per_s=images_per_s, epoch_s=seconds))
             self._save('last.pt', epoch + 1, 0)
             if improved or (last and not (self.out_dir / 'best.pt').exists()):
                 self._save('best.pt', epoch + 1, 0, light=True)
@@ -408,48 +346,3 @@ class _Run:
         self.log(f'resuming {self.options.resume} at epoch {self.start_epoch + 1}'
                  + (f' batch {self.skip_batches}' if self.skip_batches else '')
                  + f' (best mAP@0.5:0.95 so far {self.best_score:.4f})')
-
-    def _write_results(self, row: dict) -> None:
-        path = self.out_dir / 'results.csv'
-        new = not path.exists()
-        if new:
-            terms = [k for k in row if k not in RESULT_FIRST + RESULT_LAST]
-            columns = RESULT_FIRST + terms + RESULT_LAST
-        else:   # a resumed run appends under the header it wrote before
-            with open(path, newline='') as f:
-                columns = next(csv.reader(f))
-        with open(path, 'a', newline='') as f:
-            writer = csv.DictWriter(f, columns, restval='', extrasaction='ignore')
-            if new:
-                writer.writeheader()
-            writer.writerow({k: ('' if v is None else f'{v:.6g}' if isinstance(v, float) else v)
-                             for k, v in row.items()})
-        plot_results(path, self.out_dir / 'results.png')
-
-
-def plot_results(csv_path: Path, png_path: Path) -> None:
-    """Losses and mAP per epoch, from results.csv."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    with open(csv_path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    epochs = [int(r['epoch']) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    terms = [k for k in (rows[0] if rows else {}) if k not in RESULT_FIRST + RESULT_LAST]
-    for key in terms:
-        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key]]
-        axes[0].plot(*zip(*points), label=key)
-    axes[0].set(title='training loss terms', xlabel='epoch')
-    if axes[0].lines:
-        axes[0].legend()
-    for key in ('map50', 'map50_95'):
-        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key]]
-        if points:
-            axes[1].plot(*zip(*points), marker='o', label=key)
-    axes[1].set(title='validation mAP (EMA model)', xlabel='epoch')
-    if axes[1].lines:
-        axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
