@@ -34,10 +34,11 @@ FAST = dict(batch_size=8, workers=0, warmup_epochs=1)
 FAST_ARGS = ['--batch-size', 8, '--workers', 0]
 
 
-def run_train(*args, timeout=600):
+def run_train(*args, new_session=False):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, str(REPO / 'train.py'), *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
 
 
 def results_epochs(out):
@@ -148,13 +149,16 @@ def load_trained(cfg, path):
 
 def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
     epochs = 3
-    first = run_train('--data', dataset, '--out', tmp_path, '--device', 'cpu', '--epochs', epochs, *FAST_ARGS)
+    # With a data-loading worker, SIGTERM to the whole process group, as Slurm and `docker stop` send it: the
+    # worker must not die before the main process has saved.
+    first = run_train('--data', dataset, '--out', tmp_path, '--device', 'cpu', '--epochs', epochs,
+                      '--batch-size', 8, '--workers', 1, new_session=True)
     deadline = time.time() + 300
     while not (tmp_path / 'last.pt').exists():   # written at the end of epoch 1
         assert first.poll() is None, first.stdout.read()
         assert time.time() < deadline, 'no last.pt after 300 s'
         time.sleep(0.2)
-    first.send_signal(signal.SIGTERM)
+    os.killpg(first.pid, signal.SIGTERM)
     output = first.communicate(timeout=300)[0]
     assert first.returncode == 128 + signal.SIGTERM, output
     stopped = load_checkpoint(tmp_path / 'last.pt')

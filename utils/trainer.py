@@ -91,9 +91,11 @@ def _setup_distributed(device_name: str) -> tuple[int, int, int]:
     return dist.get_rank(), world, local_rank
 
 
-def _ignore_sigint(_worker_id):
-    # Ctrl-C reaches the whole process group; workers must keep serving batches while the main process saves.
+def _ignore_stop_signals(_worker_id):
+    # Ctrl-C reaches the whole process group, and so does SIGTERM from Slurm, `docker stop` or `kill -- -PGID`:
+    # workers must keep serving batches while the main process saves (the DataLoader ends them afterwards).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def config_record(cfg) -> dict:
@@ -205,7 +207,7 @@ class _Run:
         self.skip_batches = 0
         loader = DataLoader(self.dataset, batch_size=self.mini_batch, sampler=indices[skip:],
                             num_workers=self.workers, collate_fn=collate, pin_memory=self.amp,
-                            drop_last=len(indices) >= 2 * self.mini_batch, worker_init_fn=_ignore_sigint)
+                            drop_last=len(indices) >= 2 * self.mini_batch, worker_init_fn=_ignore_stop_signals)
         self.model.train()
         sums, batches, images_seen, bad_in_row, pending = {}, 0, 0, 0, 0
         lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps,
