@@ -4,7 +4,9 @@
     python3 evaluation.py --data data/coco.data --weights model.onnx --backend onnx --save-json preds.json
 
 Prints the 12 COCO numbers (mAP@0.5:0.95 and mAP@0.5 first), AP per class, and precision/recall/F1 at IoU 0.5 at
---pr-conf. --save-json writes COCO results (image_id = file stem, an int when all digits; category_id = 0-based
+--pr-conf. --rect --multi-label --iou 0.7 is Ultralytics' validation protocol (LeYOLO's published figures):
+rectangular batches of --batch-size (default 32 with --rect) with minimal padding, torch backend only, and NMS
+that keeps a box once per class above --conf. --save-json writes COCO results (image_id = file stem, an int when all digits; category_id = 0-based
 class; bbox [x, y, w, h] in original pixels). --plots DIR writes pr_curve.png and confusion.png.
 """
 import argparse
@@ -15,6 +17,7 @@ import torch
 from utils.config import ConfigError, load_config
 from utils.dataset import DatasetError
 from utils.evaluator import evaluate
+from utils.rect_batches import RECT_BATCH_SIZE
 from utils.runtimes import BACKENDS, load_runtime
 
 
@@ -30,7 +33,15 @@ def parse_args(argv=None):
     parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
     parser.add_argument('--pr-conf', type=float, default=0.3,
                         help='confidence for the precision/recall/F1 line and the confusion matrix (default 0.3)')
-    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass (default 16)')
+    parser.add_argument('--batch-size', type=int,
+                        help=f'images per forward pass (default 16; {RECT_BATCH_SIZE} with --rect, where it also '
+                             f'sets the batch shapes)')
+    parser.add_argument('--rect', action='store_true',
+                        help='rectangular batches: images sorted by aspect ratio, each batch padded to its own '
+                             'shape, long side = the .data width (needs width = height; torch backend only)')
+    parser.add_argument('--multi-label', action='store_true',
+                        help='NMS keeps a box once for every class scoring above --conf (Ultralytics\' validation); '
+                             'default: each box its best class only')
     parser.add_argument('--workers', type=int, help='image-reading processes (default: the .data key workers)')
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for inference; 0 = the library default. On a busy machine 1 is often '
@@ -43,6 +54,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = RECT_BATCH_SIZE if args.rect else 16
+    if args.rect and args.backend != 'torch':
+        print(f'error: --rect changes the input shape from batch to batch; the {args.backend} backend runs a graph '
+              f'with a fixed input shape: use --backend torch with the .pth, or leave out --rect', file=sys.stderr)
+        return 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
@@ -50,7 +67,7 @@ def main(argv=None) -> int:
         runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
         result = evaluate(runtime, cfg, split=args.split, conf=args.conf, iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf,
                           batch_size=args.batch_size, workers=args.workers, save_json=args.save_json,
-                          plots_dir=args.plots, verbose_split=True)
+                          plots_dir=args.plots, verbose_split=True, rect=args.rect, multi_label=args.multi_label)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1

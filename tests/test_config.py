@@ -106,6 +106,9 @@ def test_windows_and_home_paths_are_normalised(tmp_path):
     (lambda t: t.replace('width=352', 'width=350'), r'key "width": must be a multiple of 32'),
     (lambda t: t.replace('[name]', '[name]\nmodel=yolo-fastest'), r'unknown model "yolo-fastest" \(did you mean'),
     (lambda t: 'this is not a data file\n', r'x\.data:1: expected "key = value"'),
+    (lambda t: t + 'tal_topk=10\n', r'x\.data:23: key "tal_topk": only the leyolo head\'s loss reads it, and '
+                                    r'head = anchor'),
+    (lambda t: t + 'leyolo_box_gian=7\n', r'unknown key "leyolo_box_gian" \(did you mean "leyolo_box_gain"\?\)'),
 ])
 def test_each_mistake_gets_one_clear_error(tmp_path, edit, pattern):
     message = error_of(write_dataset(tmp_path, edit(YFV2)))
@@ -117,3 +120,37 @@ def test_missing_file_and_binary_file(tmp_path):
     assert 'not found' in error_of(tmp_path / 'nope.data')
     (tmp_path / 'bin.data').write_bytes(b'\x89PNG\r\n\x1a\n\xff\xfe\x00')
     assert 'not a text file' in error_of(tmp_path / 'bin.data')
+
+
+LEYOLO = """model = leyolo-nano
+head = leyolo
+classes = 3
+width = 320
+height = 320
+train = train.txt
+val = val.txt
+names = obj.names
+"""
+
+
+def test_leyolo_loss_keys_are_typed_and_defaulted(tmp_path):
+    cfg = load_config(write_dataset(tmp_path, LEYOLO))
+    defaults = (cfg.leyolo_box_gain, cfg.leyolo_cls_gain, cfg.leyolo_dfl_gain, cfg.leyolo_max_grad_norm,
+                cfg.tal_topk, cfg.tal_alpha, cfg.tal_beta)
+    assert defaults == (7.5, 0.5, 1.5, 100.0, 10, 0.5, 6.0)   # YOLOv8's, which trained the released LeYOLO weights
+    cfg = load_config(write_dataset(tmp_path, LEYOLO + 'leyolo_cls_gain = 1\ntal_topk = 13\ntal_beta = 4.5\n'
+                                                      'leyolo_max_grad_norm = 0\n'))
+    assert (cfg.leyolo_cls_gain, cfg.tal_topk, cfg.tal_beta, cfg.leyolo_max_grad_norm) == (1.0, 13, 4.5, 0.0)
+    assert isinstance(cfg.tal_topk, int)
+
+
+@pytest.mark.parametrize('line, pattern', [
+    ('tal_topk = 0', r'x\.data:9: key "tal_topk": must be at least 1, got 0'),
+    ('tal_topk = 2.5', r'x\.data:9: key "tal_topk": expected int, got "2.5"'),
+    ('tal_alpha = -1', r'key "tal_alpha": must be 0 or more, got -1.0'),
+    ('leyolo_dfl_gain = x', r'key "leyolo_dfl_gain": expected float, got "x"'),
+    ('leyolo_box_gain = 0\nleyolo_cls_gain = 0\nleyolo_dfl_gain = 0', r'are all 0: nothing to learn'),
+])
+def test_leyolo_loss_key_mistakes(tmp_path, line, pattern):
+    message = error_of(write_dataset(tmp_path, LEYOLO + line + '\n'))
+    assert re.search(pattern, message), message

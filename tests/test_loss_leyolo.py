@@ -121,3 +121,29 @@ def test_a_real_model_learns_a_tiny_batch():
         optimiser.step()
         history.append(loss.item())
     assert all(math.isfinite(v) for v in history) and history[-1] < 0.7 * history[0], history
+
+
+def test_data_file_keys_reach_the_loss(tmp_path):
+    """The gains, TAL settings and clipping norm of a .data file are the ones the loss uses: with only the class
+    gain left, the total is LOSS_SCALE x cls gain x the class term; topk caps the positives per box."""
+    from utils.config import load_config
+    from utils.loss import LOSS_SCALE
+    (tmp_path / 'list.txt').write_text('a.jpg\n')
+    (tmp_path / 'three.names').write_text('a\nb\nc\n')
+    data = tmp_path / 'x.data'
+    data.write_text('model = leyolo-nano\nhead = leyolo\nclasses = 3\nwidth = 64\nheight = 64\ntrain = list.txt\n'
+                    'val = list.txt\nnames = three.names\nleyolo_box_gain = 0\nleyolo_cls_gain = 2\n'
+                    'leyolo_dfl_gain = 0\ntal_topk = 1\ntal_alpha = 1\ntal_beta = 2\nleyolo_max_grad_norm = 0\n')
+    model = Detector(torch.nn.Identity(), None, torch.nn.Identity(), spec())
+    loss_fn = build_loss(model, load_config(data))
+    assert loss_fn.max_grad_norm is None   # 0: the trainer does not clip
+    assert (loss_fn.assigner.topk, loss_fn.assigner.alpha, loss_fn.assigner.beta) == (1, 1.0, 2.0)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.6, 0.6], [1, 0, 0.3, 0.3, 0.4, 0.4]])
+    loss, parts = loss_fn(raw_maps(), targets)
+    assert parts['matches'] == 2   # one point per box
+    assert torch.isclose(loss, torch.tensor(LOSS_SCALE * 2 * parts['cls']), rtol=1e-5)
+    default = build_loss(model, None)
+    assert default.max_grad_norm == 100.0 and default.assigner.topk == 10
+    loss, parts = default(raw_maps(), targets)
+    assert torch.isclose(loss, torch.tensor(LOSS_SCALE * (7.5 * parts['box'] + 0.5 * parts['cls']
+                                                          + 1.5 * parts['dfl'])), rtol=1e-5)

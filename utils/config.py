@@ -35,6 +35,9 @@ MODEL_STRIDES = {
     'leyolo-large': (8, 16, 32),
 }
 HEADS = ('anchor', 'leyolo')  # anchor: Yolo-FastestV2's obj/cls/reg head; leyolo: LeYOLO's anchor-free DFL head
+# keys only the leyolo head's loss reads: an error with another head rather than silently unused
+LEYOLO_LOSS_KEYS = ('leyolo_box_gain', 'leyolo_cls_gain', 'leyolo_dfl_gain', 'leyolo_max_grad_norm', 'tal_topk',
+                    'tal_alpha', 'tal_beta')
 
 # Yolo-FastestV2's COCO anchors at 352x352 (w,h pairs in pixels), the default for two-scale anchor heads.
 YFV2_COCO_ANCHORS_352 = (12.64, 19.39, 37.88, 51.48, 55.71, 138.31, 126.91, 78.23, 131.57, 214.55, 279.92, 258.87)
@@ -93,6 +96,14 @@ class Config:
     scale: float = 0.5                    # random scale in [1 - scale, 1 + scale]
     mosaic: float = 0.5                   # probability of a 4-image mosaic
     close_mosaic: int = 10                # no mosaic in the last N epochs
+    # the leyolo head's loss (utils/loss_leyolo.py; YOLOv8's defaults, which trained the released LeYOLO weights)
+    leyolo_box_gain: float = 7.5          # weight of the CIoU box term
+    leyolo_cls_gain: float = 0.5          # weight of the BCE class term
+    leyolo_dfl_gain: float = 1.5          # weight of the distribution focal loss term
+    leyolo_max_grad_norm: float = 100.0   # clip the gradient norm to this (0: no clipping)
+    tal_topk: int = 10                    # task-aligned assigner: points each box takes
+    tal_alpha: float = 0.5                # alignment = class score ** alpha * IoU ** beta
+    tal_beta: float = 6.0
     # derived, filled by load_config
     class_names: tuple = ()
     lines: dict = field(default_factory=dict, repr=False)   # key -> line number in the .data file
@@ -247,6 +258,13 @@ def _check(cfg: Config, given: dict) -> None:
     for key in ('width', 'height'):
         if getattr(cfg, key) % max(cfg.strides):
             fail(key, f'must be a multiple of {max(cfg.strides)} for {cfg.model}, got {getattr(cfg, key)}')
+    for key in LEYOLO_LOSS_KEYS:
+        if key in given and cfg.head != 'leyolo':
+            fail(key, f'only the leyolo head\'s loss reads it, and head = {cfg.head}')
+        if getattr(cfg, key) < 0 or (key == 'tal_topk' and cfg.tal_topk < 1):
+            fail(key, f'must be {"at least 1" if key == "tal_topk" else "0 or more"}, got {getattr(cfg, key)}')
+    if cfg.leyolo_box_gain == cfg.leyolo_cls_gain == cfg.leyolo_dfl_gain == 0:
+        fail('leyolo_box_gain', 'leyolo_box_gain, leyolo_cls_gain and leyolo_dfl_gain are all 0: nothing to learn')
     if cfg.cache not in ('none', 'ram'):
         fail('cache', f'expected "none" or "ram", got "{cfg.cache}"')
     if cfg.head == 'anchor':

@@ -9,11 +9,19 @@ labels and the real image sizes, and let pycocotools' COCOeval compute the 12 CO
 run come the per-class AP table, the precision-recall curve at IoU 0.5 and precision/recall/F1 at a chosen
 confidence, so every number here agrees with the official COCO tool.
 
+Two protocols. The default resizes each image as the .data file says (stretch or square letterbox) and keeps each
+box's best class. `rect=True, multi_label=True` is Ultralytics' validation, under which LeYOLO's figures were
+published: rectangular batches (utils/rect_batches.py) and NMS that may keep a box once for each class above `conf`.
+Measured, LeYOLONano.pt on coco128 val2017 at 320, conf 0.001, IoU 0.7, mAP@0.5:0.95 / mAP@0.5: square and best
+class 0.3288 / 0.4519; square and multi-label 0.3401 / 0.4680; rect batch 32 and multi-label 0.3421 / 0.4673
+(Ultralytics: 0.3409 / 0.4677 through pycocotools). Multi-label NMS is most of the difference.
+
 Category ids are the 0-based Darknet classes; image ids inside the evaluation are split indices.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -27,8 +35,9 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from utils.dataset import EvalDataset, collate_eval, load_split
-from utils.postprocess import postprocess
+from utils.postprocess import decode, nms, postprocess
 from utils.preprocess import boxes_to_original
+from utils.rect_batches import RectEvalDataset, image_sizes, plan_batches
 from utils.runtimes import TorchRuntime
 
 COCO_STAT_NAMES = ('mAP@0.5:0.95', 'mAP@0.5', 'mAP@0.75', 'mAP small', 'mAP medium', 'mAP large',
@@ -91,11 +100,46 @@ def as_runtime(model_or_runtime):
     return model_or_runtime
 
 
+def check_rect(runtime, cfg) -> None:
+    """Rectangular batches change the input shape from batch to batch: torch models only, square sizes only."""
+    if getattr(runtime, 'name', None) != 'torch':
+        raise ValueError(f'rectangular batches change the input shape from batch to batch; the '
+                         f'{getattr(runtime, "name", type(runtime).__name__)} backend runs a graph exported for '
+                         f'{runtime.spec.input_width}x{runtime.spec.input_height} only: evaluate the .pth with the '
+                         f'torch backend, or leave out --rect')
+    if cfg.width != cfg.height:
+        raise ValueError(f'{cfg.where("width")}: rectangular batches scale the long side of every image to one '
+                         f'size, so they need width = height (got {cfg.width}x{cfg.height})')
+
+
+def rect_loader(runtime, split, cfg, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    plan = plan_batches(image_sizes(split.image_paths), cfg.width, max(runtime.spec.strides), batch_size)
+    return torch.utils.data.DataLoader(RectEvalDataset(split, plan, cfg.width), num_workers=workers,
+                                       batch_sampler=[indices for indices, _ in plan], collate_fn=collate_eval)
+
+
+def nms_multi_label(boxes_xyxy_px: np.ndarray, scores: np.ndarray, conf: float, iou: float,
+                    max_det: int) -> list[np.ndarray]:
+    """Ultralytics' validation NMS: every (box, class) pair scoring above `conf` is a candidate of its own, so one
+    box may be kept for several classes. Built on utils.postprocess.nms (the same suppression rule): each pair
+    enters as a box whose only non-zero score is its class."""
+    detections = []
+    for boxes, image_scores in zip(boxes_xyxy_px, scores):
+        box_index, classes = np.nonzero(image_scores > conf)
+        pair_scores = np.zeros((len(box_index), image_scores.shape[1]), dtype=np.float32)
+        pair_scores[np.arange(len(box_index)), classes] = image_scores[box_index, classes]
+        detections += nms(boxes[box_index][None], pair_scores[None], conf, iou, max_det)
+    return detections
+
+
 def predict_split(runtime, split, cfg, conf: float, iou: float, max_det: int, batch_size: int, workers: int,
-                  progress: bool, seconds: dict) -> tuple[list, list]:
+                  progress: bool, seconds: dict, rect: bool = False, multi_label: bool = False) -> tuple[list, list]:
     """Detections in original pixels per image ((M, 6) [x1, y1, x2, y2, score, class]) and (width, height) per image."""
-    loader = torch.utils.data.DataLoader(EvalDataset(split, cfg), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=collate_eval)
+    if rect:
+        loader = rect_loader(runtime, split, cfg, batch_size, workers)
+    else:
+        loader = torch.utils.data.DataLoader(EvalDataset(split, cfg), batch_size=batch_size, shuffle=False,
+                                             num_workers=workers, collate_fn=collate_eval)
     detections, sizes = [None] * len(split), [None] * len(split)
     seconds.update(waiting_for_images=0.0, inference=0.0, postprocess=0.0)
     tick = time.perf_counter()
@@ -105,7 +149,15 @@ def predict_split(runtime, split, cfg, conf: float, iou: float, max_det: int, ba
         seconds['waiting_for_images'] += start - tick
         outputs = runtime(images.numpy().astype(np.float32) / 255.0)
         middle = time.perf_counter()
-        for dets, info, index in zip(postprocess(outputs, runtime.spec, conf, iou, max_det), infos, indices):
+        height, width = images.shape[-2:]
+        spec = runtime.spec   # a rectangular batch decodes at its own input size
+        if (width, height) != (spec.input_width, spec.input_height):
+            spec = dataclasses.replace(spec, input_width=int(width), input_height=int(height))
+        if multi_label:
+            batch_detections = nms_multi_label(*decode(outputs, spec), conf, iou, max_det)
+        else:
+            batch_detections = postprocess(outputs, spec, conf, iou, max_det)
+        for dets, info, index in zip(batch_detections, infos, indices):
             detections[index] = np.concatenate((boxes_to_original(dets[:, :4], info), dets[:, 4:]), 1)
             sizes[index] = (info.orig_width, info.orig_height)
         tick = time.perf_counter()
@@ -266,18 +318,24 @@ def per_class_table(cocoeval: COCOeval | None, gt: dict, detections: list, class
 
 def evaluate(model_or_runtime, cfg, conf: float = 0.001, iou: float = 0.6, max_det: int = 300, split: str = 'val',
              batch_size: int = 16, workers: int | None = None, pr_conf: float = 0.3, save_json=None,
-             plots_dir=None, progress: bool = True, verbose_split: bool = False) -> EvalResult:
+             plots_dir=None, progress: bool = True, verbose_split: bool = False, rect: bool = False,
+             multi_label: bool = False) -> EvalResult:
     """Evaluate on `split` of the .data config. `conf`/`iou`/`max_det`: NMS settings; `pr_conf`: the confidence
     at which precision/recall/F1 and the confusion matrix are given; `save_json`: write the COCO results file;
-    `plots_dir`: write the PR curve and confusion matrix PNGs."""
+    `plots_dir`: write the PR curve and confusion matrix PNGs. `rect`: rectangular batches of `batch_size`
+    (utils/rect_batches.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
+    once per class above `conf` (nms_multi_label). Both together are Ultralytics' validation protocol."""
     runtime = as_runtime(model_or_runtime)
+    if rect:
+        check_rect(runtime, cfg)
     if runtime.spec.num_classes != cfg.classes:
         raise ValueError(f'{cfg.where("classes")}: classes = {cfg.classes} but the model has '
                          f'{runtime.spec.num_classes} classes')
     seconds, start = {}, time.perf_counter()
     data = load_split(cfg, split, verbose=verbose_split)
     workers = cfg.workers if workers is None else workers
-    detections, sizes = predict_split(runtime, data, cfg, conf, iou, max_det, batch_size, workers, progress, seconds)
+    detections, sizes = predict_split(runtime, data, cfg, conf, iou, max_det, batch_size, workers, progress, seconds,
+                                       rect, multi_label)
 
     tick = time.perf_counter()
     gt = coco_ground_truth(data, sizes, cfg.classes)

@@ -5,7 +5,10 @@
     dfl  sum over positives of weight * distribution focal loss of the 4 side distances
     cls  sum over all points and classes of BCE(class logit, soft target from the assigner)
 each divided by the sum of the soft targets (about the number of positives, at least 1); weight = the point's soft
-target. total = LOSS_SCALE * (box_gain * box + cls_gain * cls + dfl_gain * dfl), gains 7.5 / 0.5 / 1.5.
+target. total = LOSS_SCALE * (box_gain * box + cls_gain * cls + dfl_gain * dfl), gains 7.5 / 0.5 / 1.5 by default.
+The gains, the assigner's topk / alpha / beta and the gradient clipping norm are .data keys (`leyolo_box_gain`,
+`leyolo_cls_gain`, `leyolo_dfl_gain`, `tal_topk`, `tal_alpha`, `tal_beta`, `leyolo_max_grad_norm`); their defaults
+live in utils/config.py's Config alone.
 
 Distribution focal loss (Li et al. 2020, GFL): a side's distance d (grid cells, clipped to [0, reg_max - 1.01]) lies
 between bins i = floor(d) and i + 1; the loss is the cross-entropy towards both, weighted (i + 1 - d) and (d - i),
@@ -21,21 +24,25 @@ import torch
 import torch.nn.functional as F
 
 from utils.assign import TaskAlignedAssigner
+from utils.config import Config
 from utils.loss import LOSS_SCALE, checked_targets, ciou
 
-BOX_GAIN, CLS_GAIN, DFL_GAIN = 7.5, 0.5, 1.5
+BOX_GAIN, CLS_GAIN, DFL_GAIN = Config.leyolo_box_gain, Config.leyolo_cls_gain, Config.leyolo_dfl_gain
 # Ultralytics clips the gradient norm at 10 for a loss 10x smaller than ours. LeYOLO needs it: from the released
 # nano weights the gradient norm is ~1.8e4 and unclipped SGD diverges in a few steps even at learning_rate 1e-4
 # (measured on coco128), while clipped at 100 it trains. The trainer reads `max_grad_norm` off the loss.
-MAX_GRAD_NORM = 100.0
+MAX_GRAD_NORM = Config.leyolo_max_grad_norm
 
 
 def build_loss(model, cfg=None) -> 'LeYOLOLoss':
-    """The loss for a model with a 'leyolo' head: `(raw_outputs, targets (M, 6)) -> (loss, dict of floats)`."""
+    """The loss for a model with a 'leyolo' head: `(raw_outputs, targets (M, 6)) -> (loss, dict of floats)`.
+    `cfg` (a Config) gives the gains and assigner settings; None takes the defaults."""
     spec = getattr(model, 'module', model).spec   # DDP wraps the model
     if spec.kind != 'leyolo':
         raise ValueError(f'utils/loss_leyolo.py is for the leyolo head, the model has a "{spec.kind}" head')
-    return LeYOLOLoss(spec)
+    c = cfg if cfg is not None else Config
+    return LeYOLOLoss(spec, box_gain=c.leyolo_box_gain, cls_gain=c.leyolo_cls_gain, dfl_gain=c.leyolo_dfl_gain,
+                      topk=c.tal_topk, alpha=c.tal_alpha, beta=c.tal_beta, max_grad_norm=c.leyolo_max_grad_norm)
 
 
 def anchor_points(grid_sizes: list, strides: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,12 +94,13 @@ def distribution_focal_loss(logits: torch.Tensor, distances: torch.Tensor) -> to
 
 class LeYOLOLoss:
     def __init__(self, spec, box_gain: float = BOX_GAIN, cls_gain: float = CLS_GAIN, dfl_gain: float = DFL_GAIN,
-                 topk: int = 10, alpha: float = 0.5, beta: float = 6.0):
+                 topk: int = Config.tal_topk, alpha: float = Config.tal_alpha, beta: float = Config.tal_beta,
+                 max_grad_norm: float = MAX_GRAD_NORM):
         self.strides = tuple(spec.strides)
         self.num_classes = spec.num_classes
         self.reg_max = spec.reg_max
         self.gains = (box_gain, cls_gain, dfl_gain)
-        self.max_grad_norm = MAX_GRAD_NORM
+        self.max_grad_norm = max_grad_norm or None   # 0 in the .data file: the trainer does not clip
         self.assigner = TaskAlignedAssigner(spec.num_classes, topk=topk, alpha=alpha, beta=beta)
 
     def __call__(self, outputs, targets: torch.Tensor):
