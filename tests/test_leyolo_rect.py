@@ -2,6 +2,7 @@
 drawn square found again in original pixels, and LeYOLONano.pt on coco128 val2017 against Ultralytics' own
 validation figures at 320 (../shared/notes/leyolo.md section 9). The 640 figure is bench/leyolo_protocols.py's
 (about a minute of CPU: too slow for the suite)."""
+import re
 from pathlib import Path
 
 import cv2
@@ -150,10 +151,30 @@ def test_rect_boxes_agree_with_square_letterbox_boxes(nano_runtime):
     assert compared >= 20 and matched >= 0.9 * compared, (matched, compared)
 
 
-def test_nano_rect_multi_label_reproduces_ultralytics_val_at_320(nano_runtime):
+def test_evaluation_py_rect_multi_label_reproduces_ultralytics_val_at_320(tmp_path, capsys):
     """Ultralytics' val (rect batches of 32, pad 0.5, multi-label NMS, conf 0.001, IoU 0.7) gives 0.341 / 0.468 on
-    coco128 val2017 at 320 (0.3409 / 0.4677 through pycocotools, notes section 9). Measured here: 0.3421 / 0.4673."""
-    runtime, cfg = nano_runtime
-    result = evaluate(runtime, cfg, conf=0.001, iou=0.7, max_det=300, rect=True, multi_label=True, batch_size=32,
-                      progress=False)
-    assert abs(result.map50_95 - 0.341) < 0.005 and abs(result.map50 - 0.468) < 0.005, result.summary(False)
+    coco128 val2017 at 320 (0.3409 / 0.4677 through pycocotools, notes section 9). Through evaluation.py as a user
+    runs it (--rect takes batch 32 by default). Measured: 0.3421 / 0.4673."""
+    import evaluation
+    data = write_data(tmp_path, 320)
+    threads = torch.get_num_threads()
+    try:
+        code = evaluation.main(['--data', str(data), '--weights', str(shared_path(NANO_WEIGHTS)), '--rect',
+                                '--multi-label', '--iou', '0.7', '--threads', '1', '--workers', '0',
+                                '--no-per-class'])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    found = re.search(r'mAP@0\.5:0\.95 ([0-9.]+)  mAP@0\.5 ([0-9.]+)', out)
+    map50_95, map50 = float(found.group(1)), float(found.group(2))
+    assert abs(map50_95 - 0.341) < 0.005 and abs(map50 - 0.468) < 0.005, out
+
+
+def test_evaluation_py_refuses_rect_with_a_fixed_shape_backend(tmp_path, capsys):
+    import evaluation
+    onnx_file = tmp_path / 'model.onnx'
+    onnx_file.write_bytes(b'')
+    code = evaluation.main(['--data', str(write_data(tmp_path, 320)), '--weights', str(onnx_file), '--backend', 'onnx',
+                            '--rect'])
+    assert code == 1 and 'the onnx backend runs a graph with a fixed input shape' in capsys.readouterr().err
