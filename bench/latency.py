@@ -1,18 +1,29 @@
 """CPU latency of each model on PyTorch, onnxruntime and NCNN, against the NCNN model Yolo-FastestV2 shipped.
 
     .venv/bin/python bench/latency.py                                  # yolo-fastestv2 at 352, leyolo-nano at 320
+    .venv/bin/python bench/latency.py --models yolo-fastestv2 --runs 300 --threads 1 --cpu-time
     .venv/bin/python bench/latency.py --models leyolo-small:480 --runs 20 --threads 1
 
 Per model and thread count: export (as pytorch2onnx.py does) into a temp folder, warm up, then time batch-1
-inference `--runs` times and print the median in ms. The backends run interleaved (one call of each in turn, the order rotating), so
-a load change on a shared machine hits all of them alike; the shipped reference NCNN model
-(../shared/weights/yolo-fastestv2/yolo-fastestv2-opt.param, 352x352) runs in the same loop, and the script prints
-ours/reference for NCNN (target <= 1.0 for yolo-fastestv2 at 352). NCNN runs fp32 (fp16 off) for both models.
-On a shared machine the ratio moves by a few per cent from run to run: compare several runs, or use --runs 300.
+inference `--runs` times per backend and print the median and the interquartile range in ms. For yolo-fastestv2 at
+352 the NCNN model Yolo-FastestV2's authors shipped (../shared/weights/yolo-fastestv2/yolo-fastestv2-opt.param) and
+our export without its layer hint (utils/export.py, `add_ncnn_layer_hints`) run in the same loop, and the script
+prints ours/reference with a 95 % interval (target <= 1.0). Every NCNN model runs with the same options: fp32
+(fp16 packed/storage/arithmetic off), the same thread count, NCNN's defaults otherwise.
+
+Fairness on a shared machine: every round calls each backend once, in an order taken from a balanced Latin square
+(each backend follows every other equally often), because a backend timed right after PyTorch or onnxruntime
+starts with caches they filled, and one timed right after another NCNN model finds NCNN's code and the input warm.
+The old fixed rotation put our NCNN model after onnxruntime every round and the reference after ours in 3 of 4: an
+A/A test (`--same-model-twice`: our model in both slots) then read 1.02-1.07 for two copies of one model.
+`--cpu-time` times with the calling thread's CPU clock (time.thread_time), which leaves out the time the OS gave
+other processes; only meaningful at 1 thread, where every backend computes in the calling thread.
+The load average is printed before and after each model; ratios from different runs are not comparable.
 Weights: the released ones where they exist (latency does not depend on their values, but real ones rule out
 denormal slow paths), else the initial weights.
 """
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from model.build import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.export import export_all  # noqa: E402
+from utils.export import convert_to_ncnn, export_all  # noqa: E402
 from utils.ncnn_runtime import NcnnRuntime  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
@@ -37,15 +48,20 @@ SHIPPED_BLOBS = ('input.1', ['794', '796'])
 SHIPPED_SIZE = 352
 RELEASED = {'yolo-fastestv2': SHARED / 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth',
             'leyolo-nano': SHARED / 'weights/leyolo/LeYOLONano.pt'}
+OURS, REFERENCE = 'ncnn', 'ncnn reference'
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', default='yolo-fastestv2:352,leyolo-nano:320',
                         help='comma-separated model[:input side in px] (default %(default)s)')
-    parser.add_argument('--runs', type=int, default=50, help='timed runs per backend (default 50)')
+    parser.add_argument('--runs', type=int, default=50, help='timed runs per backend (default 50; 300 for ratios)')
     parser.add_argument('--warmup', type=int, default=10, help='untimed runs first (default 10)')
     parser.add_argument('--threads', default='1,2', help='thread counts (default 1,2)')
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='time with the thread CPU clock (1 thread only): steadier on a machine shared with others')
+    parser.add_argument('--same-model-twice', action='store_true',
+                        help='A/A check: time our NCNN model in a second slot too; its ratio shows the noise floor')
     return parser.parse_args()
 
 
@@ -70,26 +86,53 @@ def onnxruntime_session(onnx_path, threads: int):
     return lambda batch: session.run(None, {name: batch})
 
 
-def time_interleaved(runners: dict, batch: np.ndarray, runs: int, warmup: int) -> dict:
-    """{name: callable(batch)} -> {name: [ms per run]}; each round calls every runner once, in turn.
+def balanced_orders(count: int) -> list[list[int]]:
+    """Rows of a balanced Latin square (Williams design): in each row every index once, and over all rows every
+    index directly follows every other index equally often. Two mirrored squares when `count` is odd."""
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    rows = [[(value + shift) % count for value in first] for shift in range(count)]
+    return rows if count % 2 == 0 else rows + [row[::-1] for row in rows]
 
-    The order rotates every round: a runner that always followed PyTorch would pay for the caches it flushed.
-    """
+
+def time_interleaved(runners: dict, batch: np.ndarray, runs: int, warmup: int, clock=time.perf_counter) -> dict:
+    """{name: callable(batch)} -> {name: [ms per run]}; each round calls every runner once, in a balanced order."""
     names = list(runners)
     for _ in range(warmup):
         for run in runners.values():
             run(batch)
-    times_ms = {name: [] for name in runners}
+    orders = balanced_orders(len(names))
+    times_ms = {name: [] for name in names}
     for round_index in range(runs):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+        for position in orders[round_index % len(orders)]:
+            name = names[position]
+            start = clock()
             runners[name](batch)
-            times_ms[name].append((time.perf_counter() - start) * 1000)
+            times_ms[name].append((clock() - start) * 1000)
     return times_ms
 
 
-def bench_model(model_name: str, side: int, threads_list, runs: int, warmup: int, folder: Path) -> list:
+def ratio_with_interval(ours_ms: list, reference_ms: list, resamples: int = 2000) -> tuple:
+    """median(ours) / median(reference) and its 95 % bootstrap interval; rounds are resampled in pairs, so a load
+    spike that hit both runs of a round moves both."""
+    ours_ms, reference_ms = np.asarray(ours_ms), np.asarray(reference_ms)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(ours_ms), size=(resamples, len(ours_ms)))
+    ratios = np.median(ours_ms[picks], axis=1) / np.median(reference_ms[picks], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(np.median(ours_ms) / np.median(reference_ms)), float(low), float(high)
+
+
+def load_text() -> str:
+    return 'load average %.2f %.2f %.2f' % os.getloadavg() + f' on {os.cpu_count()} CPUs'
+
+
+def bench_model(model_name: str, side: int, threads_list, args, folder: Path) -> list:
     cfg = load_config(data_file(folder, model_name, side))
     model = build_model(cfg, log=lambda *_: None)
     weights = RELEASED.get(model_name)
@@ -102,10 +145,19 @@ def bench_model(model_name: str, side: int, threads_list, runs: int, warmup: int
     paths = export_all(model, cfg, folder / f'{model_name}.onnx')
     batch = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
     with_reference = model_name == 'yolo-fastestv2' and side == SHIPPED_SIZE and SHIPPED_PARAM.is_file()
-    print(f'\n{model_name} {side}x{side} ({weights_note}), median of {runs} runs after {warmup} warm-up')
+    no_hint_param = None
+    if with_reference:   # the same export without the layer hint: how much of the result is the hint
+        no_hint_onnx = folder / f'{model_name}-nohint.onnx'
+        no_hint_onnx.write_bytes(paths['onnx'].read_bytes())
+        no_hint_param, _ = convert_to_ncnn(no_hint_onnx, side, side, layer_hints=False)
+    print(f'\n{model_name} {side}x{side} ({weights_note}), {args.runs} runs after {args.warmup} warm-up; '
+          f'{load_text()}')
     results = []
     for threads in threads_list:
         torch.set_num_threads(threads)
+        cpu_time = args.cpu_time and threads == 1
+        if args.cpu_time and not cpu_time:
+            print(f'  {threads} threads: --cpu-time ignored (NCNN and onnxruntime compute in worker threads)')
 
         def run_torch(x):
             with torch.inference_mode():
@@ -113,22 +165,31 @@ def bench_model(model_name: str, side: int, threads_list, runs: int, warmup: int
 
         runners = {'pytorch': run_torch,
                    'onnxruntime': onnxruntime_session(paths['onnx'], threads),
-                   'ncnn': NcnnRuntime(paths['param'], num_threads=threads)}
+                   OURS: NcnnRuntime(paths['param'], num_threads=threads)}
+        if args.same_model_twice:
+            runners['ncnn, 2nd copy'] = NcnnRuntime(paths['param'], num_threads=threads)
         if with_reference:
-            runners['ncnn reference'] = NcnnRuntime(SHIPPED_PARAM, num_threads=threads, blobs=SHIPPED_BLOBS)
-        times_ms = time_interleaved(runners, batch, runs, warmup)
+            runners['ncnn, no hint'] = NcnnRuntime(no_hint_param, num_threads=threads, blobs=('in0', ['out0', 'out1']))
+            runners[REFERENCE] = NcnnRuntime(SHIPPED_PARAM, num_threads=threads, blobs=SHIPPED_BLOBS)
+        times_ms = time_interleaved(runners, batch, args.runs, args.warmup,
+                                    clock=time.thread_time if cpu_time else time.perf_counter)
         medians = {name: statistics.median(values) for name, values in times_ms.items()}
         label = f'{threads} thread{"s" if threads > 1 else " "}'
-        for name, ms in medians.items():
-            print(f'  {label}  {name:15s} {ms:8.2f} ms')
-        if with_reference:
-            ratio = medians['ncnn'] / medians['ncnn reference']
-            # the median of the per-round ratios pairs runs made at the same moment: steadier under shared load
-            paired = statistics.median(a / b for a, b in zip(times_ms['ncnn'], times_ms['ncnn reference']))
-            verdict = 'ok' if ratio <= 1.0 else 'SLOWER than the reference'
-            print(f'  {label}  ncnn ours/reference = {ratio:.3f} (paired per round {paired:.3f}; '
-                  f'target <= 1.0: {verdict})')
+        clock_note = 'CPU time' if cpu_time else 'wall time'
+        for name, values in times_ms.items():
+            q25, q75 = np.percentile(values, [25, 75])
+            print(f'  {label}  {name:15s} {medians[name]:8.2f} ms  (IQR {q25:.2f}-{q75:.2f}, {clock_note})')
+        against = [(name, REFERENCE) for name in (OURS, 'ncnn, no hint') if with_reference]
+        if args.same_model_twice:
+            against.append(('ncnn, 2nd copy', OURS))
+        for name, baseline in against:
+            ratio, low, high = ratio_with_interval(times_ms[name], times_ms[baseline])
+            verdict = ''
+            if (name, baseline) == (OURS, REFERENCE):
+                verdict = '; target <= 1.0: ' + ('ok' if ratio <= 1.0 else 'SLOWER than the reference')
+            print(f'  {label}  {name} / {baseline} = {ratio:.3f} (95 % interval {low:.3f}-{high:.3f}{verdict})')
         results.append((threads, medians))
+    print(f'  after: {load_text()}')
     return results
 
 
@@ -139,7 +200,7 @@ def main():
         model_name, _, side = item.partition(':')
         side = int(side) if side else (SHIPPED_SIZE if model_name == 'yolo-fastestv2' else 320)
         with tempfile.TemporaryDirectory(prefix='latency_') as folder:
-            bench_model(model_name, side, threads_list, args.runs, args.warmup, Path(folder))
+            bench_model(model_name, side, threads_list, args, Path(folder))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """Export: PyTorch -> ONNX -> NCNN, checked backend by backend against PyTorch on a real image, and against the
 NCNN model Yolo-FastestV2's authors shipped (an independent conversion of the same released weights)."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from conftest import REPO, shared_path
 from model.build import build_model
 from model.weights import load_weights
 from utils.config import load_config
-from utils.export import TOLERANCES, check_export, export_all, run_onnxruntime, run_opencv, run_torch
+from utils.export import (TOLERANCES, add_ncnn_layer_hints, check_export, export_all, run_onnxruntime, run_opencv,
+                          run_torch)
 from utils.ncnn_runtime import NcnnRuntime
 from utils.postprocess import postprocess
 from utils.preprocess import resize_image, to_input_tensor
@@ -128,6 +130,41 @@ def test_ncnn_matches_the_shipped_reference_model(released_export):
     np.testing.assert_allclose(ours_dets[:, :4], shipped_dets[:, :4], atol=2.0)
 
 
+def hinted_layers(param_path):
+    """Lines of a .param whose layer carries NCNN's per-layer feature mask (key 31), split into fields."""
+    return [line.split() for line in param_path.read_text().splitlines() if ' 31=' in line]
+
+
+def test_stem_hint_changes_the_kernel_not_the_outputs(released_export, tmp_path):
+    """The layer hint (no im2col + GEMM for the stem, utils/export.py) sits on the stem alone and the NCNN outputs
+    with and without it equal each other and PyTorch's."""
+    param = released_export['param']
+    hinted = hinted_layers(param)
+    assert [(fields[0], fields[4], fields[-1]) for fields in hinted] == [('Convolution', 'in0', '31=32')]
+    plain = tmp_path / 'plain.param'
+    plain.write_text(param.read_text().replace(' 31=32', ''))
+    for suffix in ('.bin', '.json'):
+        shutil.copyfile(param.with_suffix(suffix), plain.with_suffix(suffix))
+    cfg = released_export['cfg']
+    batch = bus_batch(cfg.width, cfg.height)
+    reference = run_torch(released_export['model'], batch)
+    with_hint, without_hint = NcnnRuntime(param)(batch), NcnnRuntime(plain)(batch)
+    for ref, a, b in zip(reference, with_hint, without_hint):
+        assert np.abs(a - b).max() <= 1e-6
+        assert np.abs(a - ref).max() <= TOLERANCES['ncnn']
+    # the rewrite gives back the exported file, and a second pass changes nothing
+    assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()
+    assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()
+
+
+def test_stem_hint_keeps_a_feature_mask_already_there(released_export, tmp_path):
+    text = released_export['param'].read_text().replace(' 31=32', ' 31=1')   # 1: fp16 arithmetic off
+    edited = tmp_path / 'edited.param'
+    edited.write_text(text)
+    add_ncnn_layer_hints(edited)
+    assert [fields[-1] for fields in hinted_layers(edited)] == ['31=33']
+
+
 def test_non_square_input_and_other_classes_export(tmp_path):
     """A custom model (3 classes, 320x192, untrained head) exports with the right shapes on every backend."""
     cfg = load_config(write_data_file(tmp_path, classes=3, width=320, height=192))
@@ -175,6 +212,8 @@ def test_leyolo_variants_export_to_every_backend(tmp_path, model_name, head, wei
     report = check_export(model, paths, bus_batch(320, 320))
     assert report.ok, report.text()
     channels = 4 + 80 if head == 'leyolo' else 5 * 3 + 80
+    # the layer hint went to the stem, the convolution reading the image, and nowhere else
+    assert [(fields[0], fields[4]) for fields in hinted_layers(paths['param'])] == [('Convolution', 'in0')]
     assert [d.shape for d in report.diffs if d.backend == 'ncnn'] == \
         [(1, 40, 40, channels), (1, 20, 20, channels), (1, 10, 10, channels)]
     if weights:   # trained: the detection comparison in the report covered real objects

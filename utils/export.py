@@ -11,12 +11,23 @@ all read (it is what Yolo-FastestV2 itself used).
 
 Why fp16=0 for pnnx: pnnx stores weights as fp16 by default, which alone moves the released Yolo-FastestV2's
 outputs by 3.4e-3; fp16=0 keeps the fp32 weights bit-exact, so NCNN matches PyTorch to 3e-6 (5.7e-5 on LeYOLO's
-box distances of up to 15 cells) and the INT8 quantizer starts from the true weights.
+box distances of up to 15 cells) and the INT8 quantizer starts from the true weights. fp16 weights would not be
+faster either: NCNN widens them to fp32 when it loads them (measured: the same speed within 1.5 %).
+
+Why the stem convolution carries a layer hint (`31=32` in the .param, see `add_ncnn_layer_hints`): NCNN's x86
+Convolution picks im2col + GEMM for any convolution with over 16 input or output channels, also for the stem that
+reads the 3-channel image, where the im2col matrix has only 27 rows but 176x176 columns (3.3 MB at 352x352, more
+than L2). NCNN reads a per-layer feature mask from key 31 of a layer's .param line; its bit 5 turns
+`use_sgemm_convolution` off for that layer alone, so the stem runs NCNN's direct packed kernel. The outputs stay
+bit-identical on our check image (tests/test_export.py); the whole Yolo-FastestV2 network at 352x352 and 1 thread
+runs 5-8 % faster (bench/latency.py, figures in the README). Its other convolutions are 1x1 or depthwise, which
+the flag leaves alone.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -92,8 +103,9 @@ def export_onnx(model: torch.nn.Module, onnx_path, width: int, height: int, opse
     return onnx_path
 
 
-def convert_to_ncnn(onnx_path, width: int, height: int) -> tuple[Path, Path]:
-    """ONNX -> `X.param` / `X.bin` beside it (pnnx, fp32 weights). pnnx's other files are left in a temp folder."""
+def convert_to_ncnn(onnx_path, width: int, height: int, layer_hints: bool = True) -> tuple[Path, Path]:
+    """ONNX -> `X.param` / `X.bin` beside it (pnnx, fp32 weights), with `add_ncnn_layer_hints` unless
+    layer_hints=False. pnnx's other files are left in a temp folder."""
     onnx_path = Path(onnx_path)
     param_path, bin_path = onnx_path.with_suffix('.param'), onnx_path.with_suffix('.bin')
     with tempfile.TemporaryDirectory(prefix='pnnx_') as work:
@@ -109,7 +121,62 @@ def convert_to_ncnn(onnx_path, width: int, height: int) -> tuple[Path, Path]:
             raise ExportError(f'pnnx failed on {onnx_path} (exit {result.returncode}):\n{log}')
         shutil.move(produced[0], param_path)
         shutil.move(produced[1], bin_path)
+    if layer_hints:
+        add_ncnn_layer_hints(param_path)
     return param_path, bin_path
+
+
+NCNN_FEATMASK_KEY = 31          # a layer's own feature mask in NCNN's .param (read by Net::load_param)
+NCNN_FEATMASK_NO_SGEMM = 1 << 5  # bit 5 of it: use_sgemm_convolution off for this layer (NCNN's get_masked_option)
+STEM_MAX_INPUT_CHANNELS = 4      # a full convolution reading this few channels reads the image: the stem
+
+
+def stem_convolutions(param_lines: list[str]) -> list[int]:
+    """Indexes of the lines holding a k x k (k > 1) Convolution with <= STEM_MAX_INPUT_CHANNELS input channels.
+
+    Input channels are not written in a .param: they are weight count / (outputs * kernel_w * kernel_h).
+    """
+    found = []
+    for index, line in enumerate(param_lines):
+        fields = line.split()
+        if len(fields) < 4 or fields[0] != 'Convolution':
+            continue
+        start = 4 + int(fields[2]) + int(fields[3])
+        params = dict(item.split('=', 1) for item in fields[start:])
+        kernel_w = int(params.get('1', 0))
+        kernel_h = int(params.get('11', kernel_w))
+        num_output, weight_count = int(params.get('0', 0)), int(params.get('6', 0))
+        if params.get('19', '0') != '0' or kernel_w * kernel_h <= 1 or num_output == 0:
+            continue   # dynamic weights (19=1) or 1x1: the flag changes nothing there
+        if weight_count // (num_output * kernel_w * kernel_h) <= STEM_MAX_INPUT_CHANNELS:
+            found.append(index)
+    return found
+
+
+def add_ncnn_layer_hints(param_path) -> list[str]:
+    """Rewrite `param_path` so the stem convolution runs NCNN's direct kernel (see the module docstring).
+
+    Returns the names of the layers given the hint. Only the layer's feature mask changes: shapes, blobs and
+    weights stay as they are, and an NCNN that does not know the hint ignores it. Running it twice is harmless.
+    """
+    param_path = Path(param_path)
+    lines = param_path.read_text().splitlines()
+    hinted = []
+    for index in stem_convolutions(lines):
+        fields = lines[index].split()
+        start = 4 + int(fields[2]) + int(fields[3])
+        params = fields[start:]
+        keys = [item.split('=', 1)[0] for item in params]
+        if str(NCNN_FEATMASK_KEY) in keys:   # keep the mask that is there, add our bit; the line's spacing stays
+            old_item = params[keys.index(str(NCNN_FEATMASK_KEY))]
+            mask = int(old_item.split('=', 1)[1]) | NCNN_FEATMASK_NO_SGEMM
+            lines[index] = re.sub(rf'(?<=\s){re.escape(old_item)}(?=\s|$)', f'{NCNN_FEATMASK_KEY}={mask}',
+                                  lines[index])
+        else:
+            lines[index] = lines[index].rstrip() + f' {NCNN_FEATMASK_KEY}={NCNN_FEATMASK_NO_SGEMM}'
+        hinted.append(fields[1])
+    param_path.write_text('\n'.join(lines) + '\n')
+    return hinted
 
 
 def ncnn_blob_names(param_path) -> tuple[str, list[str]]:
@@ -153,11 +220,13 @@ def write_sidecar(param_path, spec, class_names, letterbox: bool, pad_value: int
 
 
 def export_all(model, cfg, onnx_path, opset: int = 11, simplify: bool = True, ncnn: bool = True,
-               conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU) -> dict:
+               conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU,
+               ncnn_layer_hints: bool = True) -> dict:
     """The whole road for one model and its Config. Returns {'onnx': path, 'param': ..., 'bin': ..., 'json': ...}."""
     paths = {'onnx': export_onnx(model, onnx_path, cfg.width, cfg.height, opset=opset, simplify=simplify)}
     if ncnn:
-        paths['param'], paths['bin'] = convert_to_ncnn(paths['onnx'], cfg.width, cfg.height)
+        paths['param'], paths['bin'] = convert_to_ncnn(paths['onnx'], cfg.width, cfg.height,
+                                                       layer_hints=ncnn_layer_hints)
         paths['json'] = write_sidecar(paths['param'], model.spec, cfg.class_names, cfg.letterbox,
                                       conf_thresh=conf_thresh, nms_iou=nms_iou)
     return paths
