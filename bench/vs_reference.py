@@ -241,29 +241,33 @@ def main() -> int:
     scores = {}
     for name, run in sides.items():
         epochs_done, weights = run['final']
-        scores[name] = score(cfg, weights)
+        if name == 'reference':   # its checkpoints, the final one among them, scored here
+            curve = {e: score(cfg, p) for e, p in sorted(run['checkpoints'].items())}
+            scores[name] = curve[epochs_done]
+        else:                     # our trainer scored itself every eval_interval epochs (results.csv)
+            curve = run['curve']
+            scores[name] = score(cfg, weights)
         print(f'\n{name}: {weights} after {epochs_done} epochs: mAP@0.5 {scores[name][0]:.4f}, '
               f'mAP@0.5:0.95 {scores[name][1]:.4f}')
         if run['epoch_s']:
             print(f'  {len(run["epoch_s"])} epochs trained, {run["train_s"]:.0f} s in training epochs '
                   f'({run["train_s"] / len(run["epoch_s"]):.1f} s per epoch, its own evaluation excluded)')
-        if name == 'reference':
-            curve = {e: score(cfg, p) for e, p in sorted(run['checkpoints'].items())}
-        else:
-            curve = run['curve']
         print('  curve (epochs: mAP@0.5 / mAP@0.5:0.95, our evaluator): ' +
               ', '.join(f'{e}: {a:.3f}/{b:.3f}' for e, (a, b) in sorted(curve.items())))
 
-    print(f'\n{"":12s}{"mAP@0.5":>10s}{"mAP@.5:.95":>12s}{"epochs":>8s}{"wall s":>9s}{"images/s":>10s}')
+    print(f'\n{"":12s}{"mAP@0.5":>10s}{"mAP@.5:.95":>12s}{"epochs":>8s}{"wall s":>9s}{"images/s":>10s}'
+          f'{"s/epoch":>9s}')
     for name, run in sides.items():
         wall_s = run.get('wall_s')
         per_s = run['final'][0] * num_train / wall_s if wall_s and num_train else None
+        epoch_s = run['train_s'] / len(run['epoch_s']) if run['epoch_s'] else None
         print(f'{name:12s}{scores[name][0]:10.4f}{scores[name][1]:12.4f}{run["final"][0]:8d}'
-              f'{f"{wall_s:.0f}" if wall_s else "-":>9s}{f"{per_s:.1f}" if per_s else "-":>10s}')
+              f'{f"{wall_s:.0f}" if wall_s else "-":>9s}{f"{per_s:.1f}" if per_s else "-":>10s}'
+              f'{f"{epoch_s:.1f}" if epoch_s else "-":>9s}')
     print('(wall s: the whole training subprocess, its own evaluations included; images/s = epochs x '
-          f'{num_train} train images / wall s)')
+          f'{num_train} train images / wall s; s/epoch: mean training time per epoch from its log)')
     if set(sides) != {'ours', 'reference'}:
-        print('nothing to compare: only ' + (', '.join(sides) or 'no side') + ' has a model')
+        print(f'nothing to compare: a final model from {" and ".join(sides) or "neither side"} only')
         return 2
     ratios = [scores['ours'][i] / max(scores['reference'][i], 1e-9) for i in (0, 1)]
     walls = [sides[n].get('wall_s') for n in ('ours', 'reference')]
