@@ -267,7 +267,7 @@ def main() -> int:
     print('(wall s: the whole training subprocess, its own evaluations included; images/s = epochs x '
           f'{num_train} train images / wall s; s/epoch: mean training time per epoch from its log)')
     if set(sides) != {'ours', 'reference'}:
-        print(f'nothing to compare: a final model from {" and ".join(sides) or "neither side"} only')
+        print(f'nothing to compare: a model to score from {" and ".join(sides) or "neither side"}, not both')
         return 2
     ratios = [scores['ours'][i] / max(scores['reference'][i], 1e-9) for i in (0, 1)]
     walls = [sides[n].get('wall_s') for n in ('ours', 'reference')]
