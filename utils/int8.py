@@ -6,10 +6,12 @@
 
 Calibration images go through the deployment pre-processing (utils.preprocess.resize_image with the .data's
 size and letterbox, BGR, /255): INT8 activation scales only fit inference inputs prepared the same way.
-Convolution, ConvolutionDepthWise and InnerProduct layers are quantized (weights per output channel or per group,
-activations per layer, see utils/int8_calibrate.py); every other layer stays fp32, and so do the layers named in
-`keep_fp32`. The output is checked: the INT8 model is loaded by the ncnn runtime and compared with fp32 on a few
-calibration images, and the numbers go into the report.
+Convolution and InnerProduct layers are quantized (weights per output channel, activations per layer, see
+utils/int8_calibrate.py). The model is mixed precision: depthwise convolutions, the first conv layer and the conv
+layers that feed the outputs stay fp32 (their weights stored as float16), as do the layers named in
+`keep_fp32` and every layer that is not a conv/fc. NCNN runs a conv layer in fp32 when its .param line has no
+int8_scale_term, whatever the layers around it do. The output is checked: the INT8 model is loaded by the ncnn
+runtime and compared with fp32 on a few calibration images, and the numbers go into the report.
 """
 from __future__ import annotations
 
@@ -67,9 +69,12 @@ class Int8Report:
         for blob, diff in self.output_max_abs_diff.items():
             lines.append(f'  output {blob}: |int8 - fp32| max {diff:.4g}, mean '
                          f'{self.output_mean_abs_diff[blob]:.4g} (fp32 max |x| {self.output_fp32_absmax[blob]:.4g})')
-        kept = [layer.name for layer in self.layers if not layer.quantized]
+        kept = [layer for layer in self.layers if not layer.quantized]
         if kept:
-            lines.append(f'  kept fp32: {", ".join(kept)}')
+            by_type = {t: sum(layer.type == t for layer in kept) for t in sorted({layer.type for layer in kept})}
+            names = ', '.join(layer.name for layer in kept) if len(kept) <= 6 else \
+                ', '.join(f'{count} {t}' for t, count in by_type.items())
+            lines.append(f'  kept fp32: {names}')
         return '\n'.join(lines)
 
 
@@ -82,22 +87,58 @@ def layer_weight_scales(layer, weights: np.ndarray) -> np.ndarray:
     return weight_scales(layer.type, weights, rows, kernel_3x3_s1)
 
 
+def end_layers(model) -> list:
+    """Names of the conv/fc layers at either end of the network: those reading the input blob, and those whose
+    output reaches a model output through weightless layers only (activations, reshapes, concats, softmax)."""
+    producer = {top: layer for layer in model.layers for top in layer.tops}
+    ends = [layer.name for layer in model.layers if layer.type in QUANTIZABLE_TYPES
+            and model.input_blob in layer.bottoms]
+    pending, seen = list(model.output_blobs), set()
+    while pending:
+        blob = pending.pop()
+        layer = producer.get(blob)
+        if layer is None or layer.name in seen:
+            continue
+        seen.add(layer.name)
+        if layer.type in QUANTIZABLE_TYPES:
+            ends.append(layer.name)
+        elif not model.weights.get(layer.name):
+            pending.extend(layer.bottoms)
+    return list(dict.fromkeys(ends))
+
+
 def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: int, letterbox: bool,
                   out_param, out_bin, method: str = 'mse', keep_fp32: tuple = (), pad_value: int = 114,
-                  check_images: int = 4, mse_images: int = 32, bias_correction: bool = True) -> Int8Report:
+                  check_images: int = 4, mse_images: int = 32, bias_correction: bool = False,
+                  depthwise_fp32: bool = True, ends_fp32: bool = True, fp16_kept: bool = True) -> Int8Report:
     """Calibrate the fp32 model `param_path/bin_path` on `calib_images` and write its INT8 version.
 
     method: 'kl'     NCNN's entropy calibration (what ncnn2table does by default);
             'minmax' scale = 127 / max|x|;
             'mse'    (default) KL's thresholds refined per layer: among the KL threshold and absmax * 2**(-k/4),
                      the one whose simulated INT8 layer output is closest to fp32 on the first `mse_images`
-                     images; with `bias_correction` each layer's mean INT8 error per output channel (measured
-                     in the same simulation) is subtracted from its bias.
-            Measured with bench/int8_accuracy.py on coco128 (mAP@0.5 change vs fp32 NCNN, 128 calibration
-            images): Yolo-FastestV2 352: kl -2.2, minmax -1.0, mse -0.1 (without bias correction -0.1);
-            LeYOLO-nano 320 letterbox, 64 images: mse -2.5 without bias correction, -0.5 with.
-    keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32 (none needed for
-               Yolo-FastestV2: keeping the first conv or the head convs in fp32 did not change its mAP).
+                     images.
+            Measured with bench/int8_accuracy.py on coco128, everything INT8 (mAP@0.5 change vs fp32 NCNN, 128
+            calibration images): Yolo-FastestV2 352: kl -2.2, minmax -1.0, mse -0.1; LeYOLO-Nano 320
+            letterbox: mse -2.45, 5 images left empty.
+    bias_correction: ('mse') subtract each layer's mean INT8 error per output channel, measured in the same
+               simulation on fp32 inputs, from its bias. Off by default: with the fp32 layers below it lowered
+               scores (coco128 val, detections at 0.3, fp32 401: 389 with it, 404 without on LeYOLO-Nano; 432 vs
+               437 of 441 on Yolo-FastestV2) and left one more image empty. With everything INT8 it helped
+               LeYOLO-Nano's mAP (-2.5 -> -0.5 on 64 images).
+    keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32.
+    depthwise_fp32: leave every ConvolutionDepthWise in fp32 (default). NCNN gives a layer one activation scale
+               for all its input channels, and a depthwise layer filters each channel alone: channels whose range
+               is a small fraction of the blob's get a few INT8 levels, and nothing mixes them with better-resolved
+               channels. Measured on LeYOLO-Nano (one coco128 image, per layer, the INT8 input alone): relative
+               output error 1.7-15% for depthwise layers against 0.4-8% for 1x1 ones; one layer at a time, a
+               depthwise layer was the most harmful one on 4 of the 5 images that came out empty. Compute is
+               small (9 MACs per output value).
+    ends_fp32: leave the first conv layer and those feeding the outputs (end_layers) in fp32 (default): the
+               first sees raw pixels, the last decide scores and boxes directly. Few weights (Yolo-FastestV2:
+               14k, LeYOLO-Nano: 32k).
+    fp16_kept: store the weights of the conv/fc layers left fp32 as float16 (default): half the bytes; NCNN
+               converts them to float32 when loading, so they still compute in fp32.
     A sidecar `X.json` beside `param_path` (utils/export.py) is copied beside `out_param`.
     Raises ValueError when no calibration image can be read, or a name in keep_fp32 is not such a layer.
     """
@@ -108,7 +149,9 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     unknown = set(keep_fp32) - {layer.name for layer in candidates}
     if unknown:
         raise ValueError(f'{param_path}: keep_fp32 names no conv/fc layer: {", ".join(sorted(unknown))}')
-    to_quantize = [layer for layer in candidates if layer.name not in keep_fp32]
+    kept = set(keep_fp32) | (set(end_layers(model)) if ends_fp32 else set())
+    to_quantize = [layer for layer in candidates if layer.name not in kept
+                   and not (depthwise_fp32 and layer.type == 'ConvolutionDepthWise')]
 
     inputs, skipped = [], []
     for path, chw in load_calibration_inputs(calib_images, width, height, letterbox, pad_value):
@@ -130,7 +173,7 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     scales = {layer.name: LayerScales(w_scales[layer.name], stats[layer.bottoms[0]].scale,
                                       corrected_bias.get(layer.name)) for layer in to_quantize}
     Path(out_param).parent.mkdir(parents=True, exist_ok=True)
-    write_int8_model(model, scales, out_param, out_bin)
+    write_int8_model(model, scales, out_param, out_bin, fp16_unquantized=fp16_kept)
 
     layer_reports = []
     for layer in candidates:
@@ -178,7 +221,8 @@ def calibration_sample(image_paths: list, count: int) -> list:
     return list(image_paths)[::step][:count]
 
 
-def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', log=print) -> Int8Report:
+def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', depthwise_fp32: bool = True,
+                         log=print) -> Int8Report:
     """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export.py) on N
     images of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
     from utils.dataset import load_split
@@ -193,6 +237,6 @@ def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse'
         log(f'INT8: the train split has {len(split.image_paths)} images; calibrating on {len(images)}')
     out_param, out_bin = int8_paths(param_path)
     report = quantize_ncnn(param_path, Path(param_path).with_suffix('.bin'), images, cfg.width, cfg.height,
-                           cfg.letterbox, out_param, out_bin, method=method)
+                           cfg.letterbox, out_param, out_bin, method=method, depthwise_fp32=depthwise_fp32)
     log(report.summary())
     return report

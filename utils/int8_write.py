@@ -242,14 +242,27 @@ def int8_scale_term(layer_type: str) -> int:
     return 1 if layer_type == 'ConvolutionDepthWise' else 2
 
 
-def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin) -> None:
-    """Write `model` with the layers named in `scales` (name -> LayerScales) quantized; the rest unchanged."""
+def fp16_array(array: WeightArray) -> bytes:
+    """A tagged ("type 0") weight array stored as float16, as NCNN's loader reads it (converted back to float32
+    when loaded, so the layer still computes in fp32, with its weights rounded to fp16)."""
+    half = array.values.astype(np.float16).tobytes()
+    return struct.pack('<I', TAG_FLOAT16) + half + b'\0' * (_align4(len(half)) - len(half))
+
+
+def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin, fp16_unquantized: bool = False) -> None:
+    """Write `model` with the layers named in `scales` (name -> LayerScales) quantized; the rest unchanged, except
+    that with `fp16_unquantized` the weights of the conv/fc layers left fp32 are stored as float16 (half the
+    bytes; their biases, read as raw float32, stay float32)."""
     out_layers, chunks = [], []
     for layer in model.layers:
         arrays = model.weights[layer.name]
         if layer.name not in scales:
             out_layers.append(layer)
-            chunks.extend(a.raw for a in arrays)
+            if fp16_unquantized and layer.type in QUANTIZABLE_TYPES and arrays and arrays[0].load_type == 0:
+                chunks.append(fp16_array(arrays[0]))
+                chunks.extend(a.raw for a in arrays[1:])
+            else:
+                chunks.extend(a.raw for a in arrays)
             continue
         if layer.type not in QUANTIZABLE_TYPES:
             raise NcnnModelError(f'{model.param_path}:{layer.line_no}: cannot quantize a {layer.type} layer')
