@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from model.build import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.export import convert_to_ncnn, export_all  # noqa: E402
+from utils.export import convert_to_ncnn, export_all, ncnn_blob_names  # noqa: E402
 from utils.ncnn_runtime import NcnnRuntime  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
@@ -169,7 +169,8 @@ def bench_model(model_name: str, side: int, threads_list, args, folder: Path) ->
         if args.same_model_twice:
             runners['ncnn, 2nd copy'] = NcnnRuntime(paths['param'], num_threads=threads)
         if with_reference:
-            runners['ncnn, no hint'] = NcnnRuntime(no_hint_param, num_threads=threads, blobs=('in0', ['out0', 'out1']))
+            runners['ncnn, no hint'] = NcnnRuntime(no_hint_param, num_threads=threads,
+                                                   blobs=ncnn_blob_names(no_hint_param))
             runners[REFERENCE] = NcnnRuntime(SHIPPED_PARAM, num_threads=threads, blobs=SHIPPED_BLOBS)
         times_ms = time_interleaved(runners, batch, args.runs, args.warmup,
                                     clock=time.thread_time if cpu_time else time.perf_counter)
