@@ -156,8 +156,8 @@ def main() -> int:
                         '(default: they stay fp32, see utils/int8.py)')
     parser.add_argument('--int8-ends', action='store_true', help='quantize the first and the output conv layers '
                         'too (default: they stay fp32)')
-    parser.add_argument('--fp32-kept', action='store_true', help='store the weights of the layers left fp32 as '
-                        'float32 (default float16: half the bytes, still computed in fp32)')
+    parser.add_argument('--fp16-kept', action='store_true', help='store the weights of the layers left fp32 as '
+                        'float16 (half their bytes, still computed in fp32; default float32)')
     parser.add_argument('--model', default='yolo-fastestv2', choices=tuple(MODELS))
     parser.add_argument('--arm', nargs='*', metavar='CPU', help='also run fp32 and INT8 through the C++ app '
                         'built for aarch64 (sample/ncnn/build/arm64) under qemu on ../shared/images, on these CPUs '
@@ -194,7 +194,7 @@ def main() -> int:
                                workdir / 'int8.param', workdir / 'int8.bin', method=args.method,
                                keep_fp32=tuple(args.keep_fp32), bias_correction=args.bias_correction,
                                depthwise_fp32=not args.int8_depthwise, ends_fp32=not args.int8_ends,
-                               fp16_kept=not args.fp32_kept)
+                               fp16_kept=args.fp16_kept)
         quantize_s = time.perf_counter() - start
         print(report.summary())
         print(f'  quantization took {quantize_s:.1f} s')

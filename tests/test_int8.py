@@ -22,7 +22,7 @@ from tests.conftest import shared_path
 from utils.int8 import end_layers, layer_weight_scales, quantize_ncnn
 from utils.int8_calibrate import (HISTOGRAM_BINS, KL_EPS, TARGET_BINS, kl_threshold_bin, layer_function,
                                   load_calibration_inputs, load_ncnn_net, round_half_away, run_blobs)
-from utils.int8_write import (TAG_INT8, LayerScales, NcnnModel, NcnnModelError, fp16_array, quantize_to_int8,
+from utils.int8_write import (TAG_INT8, LayerScales, NcnnModel, NcnnModelError, quantize_to_int8,
                               read_ncnn_model, read_param, write_int8_model)
 
 SIZE = 64
@@ -188,9 +188,8 @@ def test_each_int8_layer_computes_what_the_writer_means(tiny, tmp_path):
 def test_layers_kept_fp32_stay_exact_while_the_rest_is_int8(tiny, tmp_path):
     """Mixed precision: by default the depthwise layer stays fp32, and keep_fp32 names another (the 3x3 stride-1
     conv). In the INT8 model NCNN computes each kept layer exactly as fp32 does on the input it gets (torch
-    reference with the weights rounded to fp16, as they are stored by default), its .param line has no
-    int8_scale_term; every other conv/fc layer is INT8 (measurably off the fp32 function), and the file grows
-    by what was kept."""
+    reference, fp32 weights), its .bin bytes are the fp32 ones and its .param line has no int8_scale_term; every
+    other conv/fc layer is INT8 (measurably off the fp32 function), and the file grows by what was kept."""
     fp32_model = read_ncnn_model(tiny['param'], tiny['bin'])
     c3 = next(layer.name for layer in fp32_model.layers if layer.type == 'Convolution'
               and layer.params.get(1) == '3' and layer.params.get(3, '1') == '1')
@@ -215,14 +214,13 @@ def test_layers_kept_fp32_stay_exact_while_the_rest_is_int8(tiny, tmp_path):
         if layer.type not in ('Convolution', 'ConvolutionDepthWise', 'InnerProduct'):
             continue
         kept = layer.name in (c3, depthwise)
-        weights = arrays[0].values.astype(np.float16).astype(np.float32) if kept else arrays[0].values
-        run = layer_function(layer, weights, arrays[1].values if len(arrays) > 1 else None)
+        run = layer_function(layer, arrays[0].values, arrays[1].values if len(arrays) > 1 else None)
         expected = run(torch.from_numpy(values[layer.bottoms[0]])).numpy().reshape(values[layer.tops[0]].shape)
         error = np.abs(values[layer.tops[0]] - expected).max() / np.abs(expected).max()
         assert (8 not in layer.params) == kept, layer.name
         if kept:
-            stored = fp16_array(arrays[0]) + b''.join(a.raw for a in arrays[1:])
-            assert raw[offset:offset + len(stored)] == stored, f'{layer.name}: not its fp16 weights + fp32 bias'
+            stored = b''.join(a.raw for a in arrays)
+            assert raw[offset:offset + len(stored)] == stored, f'{layer.name}: fp32 bytes changed'
             assert error < 1e-5, f'{layer.name} kept fp32 but {error:.2g} off fp32'
             offset += len(stored)
             rows = int(layer.params[7]) if layer.type == 'ConvolutionDepthWise' else int(layer.params[0])
@@ -235,7 +233,7 @@ def test_layers_kept_fp32_stay_exact_while_the_rest_is_int8(tiny, tmp_path):
     assert offset == len(raw)
     assert Path(f'{mixed}.bin').stat().st_size - Path(f'{all_int8}.bin').stat().st_size == growth > 0
     assert_close_to_fp32((tiny['param'], tiny['bin']), (f'{mixed}.param', f'{mixed}.bin'), tiny['held_out'])
-    # Nothing quantized: the fp32 bytes unchanged, or every conv/fc weight array as fp16 (the biases stay fp32).
+    # Nothing quantized: the fp32 bytes unchanged, or (fp16_kept) every conv/fc weight array as fp16, biases fp32.
     write_int8_model(fp32_model, {}, tmp_path / 'same.param', tmp_path / 'same.bin')
     assert (tmp_path / 'same.bin').read_bytes() == tiny['bin'].read_bytes()
     write_int8_model(fp32_model, {}, tmp_path / 'half.param', tmp_path / 'half.bin', fp16_unquantized=True)
