@@ -1,25 +1,32 @@
 """Training throughput: images/s of the training step (data loading + augmentation + forward + loss + backward +
 SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, default augmentation.
 
-    python3 bench/train_speed.py [--batches 3] [--device cpu|cuda] [--batch-size 32] [--workers 2]
+    python3 bench/train_speed.py [--batches 4] [--device cpu|cuda] [--batch-size 32] [--workers 2]
+                                 [--reference-dir DIR]
 
-Two pipelines are timed in the same run, on the same batches:
-  ours   uint8 batches (4x less to move from workers and to the device), pinned memory, AMP + cudnn.benchmark on
-         CUDA: what utils/trainer.py does;
-  naive  float32 0..1 batches made in the workers, no pinning, no AMP, no cudnn.benchmark.
-It prints images/s for both, their ratio, the ratio against the reference trainer's recorded figure
-(Yolo-FastestV2's own train.py: about 25 images/s, 1.27 s per batch of 32, on its authors' GPU: a different
-machine, so that ratio only means something on comparable hardware) and the peak resident memory.
-The two run alternately, batch by batch (medians reported), so load from other processes hits both alike; the
-first batch of each (worker start, cudnn autotuning) is not timed. On a CPU the two do the same arithmetic, so
-their ratio there is about 1 and measures only the cheaper uint8 transfer.
+Pipelines timed in the same run, on the same images:
+  ours       what utils/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 batches (4x less to
+             move from workers and to the device), channels-last activations, pinned memory + AMP +
+             cudnn.benchmark on CUDA;
+  naive      the same model, loss and augmentation with float32 0..1 NCHW batches and none of the above;
+  reference  Yolo-FastestV2's own training step (its TensorDataset with its only augmentation, contrast and
+             brightness; its Detector, compute_loss and SGD), run from a checkout of its code given by
+             --reference-dir (github.com/dog-qiuqiu/Yolo-FastestV2 with model/backbone/backbone.pth in place), in a
+             child process since both projects have top-level `model` and `utils` packages. Its labels must sit
+             beside the images, so the child reads a temporary copy of the split in that layout.
+ours and naive alternate batch by batch; the reference runs between two halves of them; medians are reported, so
+load from other processes hits all alike. The first batch of each (worker start, cudnn autotuning) is not timed.
+It prints images/s, the ratios ours/naive and ours/reference, and the peak resident memory.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +45,35 @@ from utils.loss import build_loss  # noqa: E402
 from utils.train_data import TrainDataset, collate  # noqa: E402
 from utils.schedule import optimizer_groups  # noqa: E402
 
-COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128' / 'images' / 'train2017'
-REFERENCE_IMAGES_PER_S = 32 / 1.27   # Yolo-FastestV2's train.py, recorded figure
+COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
+ANCHORS = '12.64,19.39, 37.88,51.48, 55.71,138.31, 126.91,78.23, 131.57,214.55, 279.92,258.87'
+
+# The reference's training step, run by a child process inside --reference-dir: its own dataset, model, loss and
+# optimizer settings (train.py: SGD momentum 0.949, weight decay 0.0005 on everything). Prints one line of JSON.
+REFERENCE_STEP = r"""
+import json, sys, time
+import torch
+import utils.datasets, utils.loss, utils.utils, model.detector
+data, batch_size, workers, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+cfg = utils.utils.load_datafile(data)
+dataset = utils.datasets.TensorDataset(cfg['train'], cfg['width'], cfg['height'], imgaug=True)
+loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                     collate_fn=utils.datasets.collate_fn, drop_last=True)
+torch.manual_seed(0)
+net = model.detector.Detector(cfg['classes'], cfg['anchor_num'], False).train()
+optimizer = torch.optim.SGD(net.parameters(), lr=cfg['learning_rate'], momentum=0.949, weight_decay=0.0005)
+seconds, it = [], iter(loader)
+for _ in range(batches + 1):
+    started = time.perf_counter()
+    imgs, targets = next(it)
+    preds = net(imgs.float() / 255.0)
+    _, _, _, total = utils.loss.compute_loss(preds, targets, cfg, torch.device('cpu'))
+    total.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    seconds.append(time.perf_counter() - started)
+print(json.dumps(dict(seconds=seconds[1:], threads=torch.get_num_threads())))
+"""
 
 
 def collate_float32(batch):
@@ -47,27 +81,51 @@ def collate_float32(batch):
     return images.float() / 255.0, targets
 
 
-def data_file(folder: Path) -> Path:
+def write_split(folder: Path) -> Path:
+    """coco128 train2017 with each label beside its image (symlinked images), as Yolo-FastestV2 reads them."""
+    split = folder / 'train'
+    split.mkdir()
+    paths = []
+    for image in sorted((COCO128 / 'images' / 'train2017').glob('*.jpg')):
+        (split / image.name).symlink_to(image)
+        label = COCO128 / 'labels' / 'train2017' / (image.stem + '.txt')
+        (split / (image.stem + '.txt')).write_text(label.read_text() if label.exists() else '')
+        paths.append(str(split / image.name))
+    (folder / 'train.txt').write_text('\n'.join(paths) + '\n')
     (folder / 'coco.names').write_text('\n'.join(f'class{i}' for i in range(80)) + '\n')
-    path = folder / 'coco128.data'
-    path.write_text(f'[name]\nmodel_name=bench\n[model-configure]\nmodel=yolo-fastestv2\nclasses=80\n'
-                    f'width=352\nheight=352\n[data-configure]\ntrain={COCO128}\nval={COCO128}\nnames=coco.names\n')
-    return path
+    data = folder / 'coco128.data'
+    data.write_text('[name]\nmodel_name=bench\n[train-configure]\nepochs=300\nsteps=150,250\nbatch_size=32\n'
+                    'subdivisions=1\nlearning_rate=0.001\n[model-configure]\npre_weights=None\nclasses=80\n'
+                    f'width=352\nheight=352\nanchor_num=3\nanchors={ANCHORS}\n[data-configure]\n'
+                    f'train={folder / "train.txt"}\nval={folder / "train.txt"}\nnames={folder / "coco.names"}\n')
+    return data
+
+
+def reference_seconds(reference_dir: Path, data: Path, batch_size: int, workers: int, batches: int) -> list:
+    """Seconds per batch of the reference's training step, run in a child process (one untimed warm-up batch)."""
+    done = subprocess.run([sys.executable, '-c', REFERENCE_STEP, str(data), str(batch_size), str(workers),
+                           str(batches)], cwd=reference_dir, env=dict(os.environ, PYTHONPATH=str(reference_dir)),
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f'the reference trainer in {reference_dir} failed:\n{done.stderr[-3000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])['seconds']
 
 
 class Pipeline:
     """One training setup; `step()` runs one batch (waiting for its data included) and returns the seconds taken."""
 
-    def __init__(self, cfg, dataset, device, batch_size: int, workers: int, fast: bool):
+    def __init__(self, cfg, dataset, device, batch_size: int, workers: int, fast: bool, batches: int):
         torch.manual_seed(0)
         self.device, self.cuda, self.fast = device, device.type == 'cuda', fast
-        self.model = build_model(cfg, log=lambda s: None).to(device).train()
+        self.memory_format = torch.channels_last if fast else torch.contiguous_format
+        self.model = build_model(cfg, log=lambda s: None).to(device, memory_format=self.memory_format).train()
         self.loss_fn = build_loss(self.model, cfg)
         self.optimizer = torch.optim.SGD(optimizer_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
                                          momentum=cfg.momentum, nesterov=True)
         self.amp = fast and self.cuda
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=True,
+        order = [i % len(dataset) for i in range(batches * batch_size)]   # coco128 again if it runs out
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers, drop_last=True,
                             collate_fn=collate if fast else collate_float32, pin_memory=self.amp)
         self.batches = iter(loader)
 
@@ -77,7 +135,8 @@ class Pipeline:
             torch.cuda.synchronize()
         started = time.perf_counter()
         images, targets = next(self.batches)
-        images, targets = images.to(self.device, non_blocking=self.fast), targets.to(self.device)
+        images = images.to(self.device, non_blocking=self.fast).contiguous(memory_format=self.memory_format)
+        targets = targets.to(self.device)
         with torch.autocast('cuda', enabled=self.amp) if self.cuda else contextlib.nullcontext():
             outputs = self.model(images)
         loss, _ = self.loss_fn(outputs, targets)
@@ -92,42 +151,53 @@ class Pipeline:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--batches', type=int, default=3, help='timed batches per pipeline (after one warm-up)')
+    parser.add_argument('--batches', type=int, default=4, help='timed batches per pipeline (after one warm-up)')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--reference-dir', type=Path, help='a checkout of Yolo-FastestV2 to time in the same run')
     args = parser.parse_args()
     if not COCO128.is_dir():
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
+    if args.reference_dir and not (args.reference_dir / 'utils' / 'loss.py').exists():
+        raise SystemExit(f'--reference-dir {args.reference_dir}: no utils/loss.py there (a Yolo-FastestV2 checkout?)')
     device = torch.device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(data_file(Path(tmp)))
+    half = max(1, args.batches // 2)
+    with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
+        cfg = load_config(write_split(Path(tmp)))
         dataset = TrainDataset(load_split(cfg, 'train', verbose=False), cfg, augment=True)
-        needed = (args.batches + 1) * args.batch_size
-        if len(dataset) < needed:
-            raise SystemExit(f'{len(dataset)} images, {needed} needed: lower --batches or --batch-size')
-        print(f'yolo-fastestv2 352x352, batch {args.batch_size}, {args.workers} workers, {args.batches} timed '
-              f'batches, device {device} ({torch.get_num_threads()} CPU threads)')
-        ours = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=True)
-        naive = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=False)
+        if len(dataset) < (half + 1) * args.batch_size:   # the reference's loader reads them once
+            raise SystemExit(f'{len(dataset)} images: lower --batches or --batch-size')
+        print(f'yolo-fastestv2 352x352, batch {args.batch_size}, {args.workers} workers, {2 * half} timed '
+              f'batches each, device {device} ({torch.get_num_threads()} CPU threads)')
+        ours = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=True, batches=2 * half + 1)
+        naive = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=False, batches=2 * half + 1)
         ours.step(), naive.step()   # warm-up: worker start, first allocations, cudnn autotuning
-        # Alternate the two, batch by batch, so a change in machine load hits both alike; take medians.
-        ours_s, naive_s = [], []
-        for _ in range(args.batches):
-            ours_s.append(ours.step())
-            naive_s.append(naive.step())
+        ours_s, naive_s, reference_s = [], [], []
+        for _ in range(2):
+            for _ in range(half):
+                ours_s.append(ours.step())
+                naive_s.append(naive.step())
+            if args.reference_dir and device.type == 'cpu':
+                reference_s += reference_seconds(args.reference_dir, cfg.data_path, args.batch_size, args.workers,
+                                                 half)
         del ours, naive   # shuts the workers down, so their peak memory is counted below
-    ours_rate = args.batch_size / statistics.median(ours_s)
-    naive_rate = args.batch_size / statistics.median(naive_s)
+    rate = {name: args.batch_size / statistics.median(times)
+            for name, times in (('ours', ours_s), ('naive', naive_s), ('reference', reference_s)) if times}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f'ours : {ours_rate:7.2f} images/s (median {statistics.median(ours_s):.2f} s per batch)')
-    print(f'naive: {naive_rate:7.2f} images/s (float32 batches, no AMP / pinning / cudnn.benchmark)')
-    print(f'ours / naive = {ours_rate / naive_rate:.2f}x')
-    print(f'ours / reference trainer ({REFERENCE_IMAGES_PER_S:.1f} images/s recorded on its authors\' GPU) = '
-          f'{ours_rate / REFERENCE_IMAGES_PER_S:.2f}x')
+    print(f'ours     : {rate["ours"]:7.2f} images/s (median {statistics.median(ours_s):.2f} s per batch)')
+    print(f'naive    : {rate["naive"]:7.2f} images/s (float32 NCHW batches, no AMP / pinning / cudnn.benchmark)')
+    if 'reference' in rate:
+        print(f'reference: {rate["reference"]:7.2f} images/s (Yolo-FastestV2\'s train.py step, contrast/brightness '
+              f'augmentation only)')
+    print(f'ours / naive = {rate["ours"] / rate["naive"]:.2f}x')
+    if 'reference' in rate:
+        print(f'ours / reference = {rate["ours"] / rate["reference"]:.2f}x (target 1.5x)')
+    elif args.reference_dir:
+        print('reference: not timed (CPU only: it is run as its train.py runs there)')
     print(f'peak RSS: main process {peak_mb:.0f} MB (both pipelines\' models and batches), '
-          f'largest worker {workers_mb:.0f} MB')
+          f'largest child {workers_mb:.0f} MB (a data worker or the reference process)')
 
 
 if __name__ == '__main__':

@@ -124,18 +124,20 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     from model.build import build_model
     from utils.evaluator import evaluate
     from utils.trainer import TrainOptions, train
-    # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 15 epochs of 12 steps.
+    # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 22 epochs of 12 steps. Short runs
+    # vary with the seed and the float summation order: mAP@0.5 after 15 epochs spread over 0.034-0.110 across
+    # seeds and memory formats, after 22 over 0.071-0.143 (measured), so 22 keeps the bar clear of chance.
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
-    cfg = load_config(dataset, epochs=15, eval_interval=15, steps=(12,), close_mosaic=4, backbone_weights=backbone,
+    cfg = load_config(dataset, epochs=22, eval_interval=22, steps=(19,), close_mosaic=4, backbone_weights=backbone,
                       **FAST)
     torch.manual_seed(0)
     untrained = evaluate(build_model(cfg, log=lambda s: None).eval(), cfg, progress=False)
     report = train(cfg, TrainOptions(out_dir=tmp_path, device='cpu', workers=0))
     trained = evaluate(load_trained(cfg, tmp_path / 'best.pt'), cfg, progress=False)
     print(f'mAP@0.5 untrained {untrained.map50:.4f}, trained {trained.map50:.4f}')
-    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.081
+    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.071
     assert report['best_map50_95'] == pytest.approx(trained.map50_95, abs=1e-6)
-    assert results_epochs(tmp_path) == list(range(1, 16))
+    assert results_epochs(tmp_path) == list(range(1, 23))
     assert (tmp_path / 'results.png').stat().st_size > 1000
 
 

@@ -137,7 +137,7 @@ class AnchorLoss:
             n, num_anchors, grid_h, grid_w = obj.shape
             anchors = anchors.to(device)
             (img, a, gy, gx, tcls), tbox = match_targets(targets.to(device), anchors, grid_w, grid_h)
-            obj_target = torch.zeros_like(obj)
+            obj_target = torch.zeros(obj.shape, device=device)   # contiguous even for channels-last outputs
             if len(img):
                 matches += len(img)
                 pred = reg.view(n, num_anchors, 4, grid_h, grid_w)[img, a, :, gy, gx].sigmoid()   # (K, 4)
