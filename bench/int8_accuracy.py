@@ -94,6 +94,40 @@ def matched_fraction(reference: list, other: list, min_score: float = 0.5, min_i
     return found, total
 
 
+def score_changes(reference: list, other: list, min_iou: float = 0.5) -> np.ndarray:
+    """For every reference detection, the best score `other` gives an overlapping box of the same class (IoU >=
+    min_iou; 0 if none) minus the reference score: how far INT8 moves the scores fp32 shows the user."""
+    changes = []
+    for ref, oth in zip(reference, other):
+        for box in ref:
+            same = oth[oth[:, 5] == box[5]]
+            best = 0.0
+            if len(same):
+                x1, y1 = np.maximum(box[0], same[:, 0]), np.maximum(box[1], same[:, 1])
+                x2, y2 = np.minimum(box[2], same[:, 2]), np.minimum(box[3], same[:, 3])
+                inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+                union = (box[2] - box[0]) * (box[3] - box[1]) + (same[:, 2] - same[:, 0]) * (same[:, 3] - same[:, 1])
+                overlapping = same[inter / (union - inter) >= min_iou]
+                best = float(overlapping[:, 4].max()) if len(overlapping) else 0.0
+            changes.append(best - box[4])
+    return np.array(changes)
+
+
+def latency_ms(models: dict, chw: np.ndarray, input_blob: str, runs: int) -> dict:
+    """Median CPU time (ms, the calling thread's clock, so other processes on a shared machine are left out) of
+    one 1-thread inference per model; the models take turns every round so drifts hit them alike."""
+    nets = {name: (load_ncnn_net(*files, int8=int8), NcnnModel(files[0], *read_param(files[0])).output_blobs)
+            for name, (files, int8) in models.items()}
+    times = {name: [] for name in nets}
+    for round_index in range(runs + 3):                   # the first 3 rounds warm up
+        for name, (net, outputs) in nets.items():
+            start = time.thread_time()
+            run_blobs(net, input_blob, outputs, chw)
+            if round_index >= 3:
+                times[name].append(1000 * (time.thread_time() - start))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def coco_ground_truth(split) -> dict:
     """pycocotools ground truth from YOLO labels: normalised cxcywh -> absolute xywh in original pixels."""
     images, annotations = [], []
@@ -162,6 +196,7 @@ def main() -> int:
     parser.add_argument('--arm', nargs='*', metavar='CPU', help='also run fp32 and INT8 through the C++ app '
                         'built for aarch64 (sample/ncnn/build/arm64) under qemu on ../shared/images, on these CPUs '
                         '(default cortex-a53 cortex-a76): NCNN\'s ARM INT8 kernels are not the x86 ones')
+    parser.add_argument('--latency-runs', type=int, default=30, help='timed 1-thread runs per model (0: none)')
     parser.add_argument('--workdir', type=Path, help='keep the models here (default: a temporary folder)')
     args = parser.parse_args()
     weights, head, size, letterbox = MODELS[args.model]
@@ -200,7 +235,7 @@ def main() -> int:
         print(f'  quantization took {quantize_s:.1f} s')
 
         gt = coco_ground_truth(val)
-        rows = {}
+        rows, all_detections, deployed_detections = {}, {}, {}
         for name, files, int8 in (('fp32', (fp32_param, fp32_bin), False),
                                   ('int8', (workdir / 'int8.param', workdir / 'int8.bin'), True)):
             start = time.perf_counter()
@@ -210,6 +245,7 @@ def main() -> int:
             best_scores = [float(d[:, 4].max()) if len(d) else 0.0 for d in deployed]
             rows[name] = (*coco_map(gt, detections), [len(d) for d in deployed], seconds / len(val.image_paths),
                           best_scores)
+            all_detections[name], deployed_detections[name] = detections, deployed
 
         sizes = {'fp32': Path(fp32_bin).stat().st_size, 'int8': (workdir / 'int8.bin').stat().st_size}
         print(f'\ncoco128 val2017 ({len(val.image_paths)} images), {cfg.width}x{cfg.height} '
@@ -228,11 +264,24 @@ def main() -> int:
         for i in empty:
             print(f'  empty: {val.image_paths[i].name} (fp32: {fp32_counts[i]} detection(s), best score '
                   f'{rows["fp32"][4][i]:.3f})')
+        # INT8 score noise: every fp32 detection at the threshold against INT8's best overlapping box (conf 0.001).
+        changes = score_changes(deployed_detections['fp32'], all_detections['int8'])
+        print(f'  score change int8 - fp32 of the {len(changes)} fp32 detections: median {np.median(changes):+.3f}, '
+              f'5th / 95th percentile {np.percentile(changes, 5):+.3f} / {np.percentile(changes, 95):+.3f}, '
+              f'|change| > 0.05: {int((np.abs(changes) > 0.05).sum())}')
         drop = 100 * (rows['fp32'][0] - rows['int8'][0])
         print(f'\nmAP@0.5 drop: {drop:.2f} points (target <= 1.5)  '
               f'size: {100 * report.size_ratio:.1f}% of fp32 (target <= 40%)  '
               f'empty results: {len(empty)} (target 0)  '
               f'speed int8/fp32: {rows["int8"][3] / rows["fp32"][3]:.2f}x')
+        if args.latency_runs > 0:
+            from utils.int8_calibrate import load_calibration_inputs
+            _, chw = next(load_calibration_inputs(val.image_paths[:1], cfg.width, cfg.height, cfg.letterbox))
+            ms = latency_ms({'fp32': ((fp32_param, fp32_bin), False),
+                             'int8': ((workdir / 'int8.param', workdir / 'int8.bin'), True)},
+                            chw, NcnnModel(fp32_param, *read_param(fp32_param)).input_blob, args.latency_runs)
+            print(f'latency, x86 host, 1 thread, CPU time, median of {args.latency_runs}: fp32 {ms["fp32"]:.1f} ms, '
+                  f'int8 {ms["int8"]:.1f} ms (int8/fp32 {ms["int8"] / ms["fp32"]:.2f}x)')
         arm_ok = True
         for cpu in (args.arm or ['cortex-a53', 'cortex-a76']) if args.arm is not None else []:
             images = sorted((SHARED / 'images').glob('*.jpg'))
