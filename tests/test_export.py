@@ -17,7 +17,7 @@ from model.weights import load_weights
 from utils.config import load_config
 from utils.export import (TOLERANCES, add_ncnn_layer_hints, check_export, export_all, run_onnxruntime, run_opencv,
                           run_torch)
-from utils.ncnn_runtime import NcnnRuntime
+from utils.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared
 from utils.postprocess import postprocess
 from utils.preprocess import resize_image, to_input_tensor
 
@@ -149,9 +149,11 @@ def test_stem_hint_changes_the_kernel_not_the_outputs(released_export, tmp_path)
     batch = bus_batch(cfg.width, cfg.height)
     reference = run_torch(released_export['model'], batch)
     with_hint, without_hint = NcnnRuntime(param)(batch), NcnnRuntime(plain)(batch)
-    for ref, a, b in zip(reference, with_hint, without_hint):
-        assert np.abs(a - b).max() <= 1e-6
+    two_threads = NcnnRuntime(param, num_threads=2)(batch)   # loads the .param with the hint cleared
+    for ref, a, b, c in zip(reference, with_hint, without_hint, two_threads):
+        assert np.abs(a - b).max() <= 1e-6 and np.abs(a - c).max() <= 1e-6
         assert np.abs(a - ref).max() <= TOLERANCES['ncnn']
+    assert single_thread_hints_cleared(param.read_text()) == plain.read_text()
     # the rewrite gives back the exported file, and a second pass changes nothing
     assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()
     assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()

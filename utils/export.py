@@ -21,7 +21,8 @@ than L2). NCNN reads a per-layer feature mask from key 31 of a layer's .param li
 `use_sgemm_convolution` off for that layer alone, so the stem runs NCNN's direct packed kernel. The outputs stay
 bit-identical on our check image (tests/test_export.py); the whole Yolo-FastestV2 network at 352x352 and 1 thread
 runs 5-8 % faster (bench/latency.py, figures in the README). Its other convolutions are 1x1 or depthwise, which
-the flag leaves alone.
+the flag leaves alone. NCNN's direct kernel runs on one thread, so utils/ncnn_runtime.py clears the hint when it runs
+more threads (there the GEMM path, split across threads, is as fast or faster).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import numpy as np
 import onnx
 import torch
 
-from utils.ncnn_runtime import sidecar_path
+from utils.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM, sidecar_path
 
 # Detection thresholds written into the sidecar for the C++ app (Yolo-FastestV2's demo values).
 DEFAULT_CONF_THRESH = 0.3
@@ -126,8 +127,6 @@ def convert_to_ncnn(onnx_path, width: int, height: int, layer_hints: bool = True
     return param_path, bin_path
 
 
-NCNN_FEATMASK_KEY = 31          # a layer's own feature mask in NCNN's .param (read by Net::load_param)
-NCNN_FEATMASK_NO_SGEMM = 1 << 5  # bit 5 of it: use_sgemm_convolution off for this layer (NCNN's get_masked_option)
 STEM_MAX_INPUT_CHANNELS = 4      # a full convolution reading this few channels reads the image: the stem
 
 

@@ -6,14 +6,32 @@ utils/export.py writes beside `X.param`, so a model whose blobs are named differ
 
 NCNN works on one image at a time and drops the batch axis: an NHWC output (1, H, W, C) comes back as a Mat with
 c=H, h=W, w=C, which numpy sees as (H, W, C). We stack the images back into (N, H, W, C).
+
+Layer hints: utils/export.py marks the stem convolution "no im2col + GEMM" (NCNN's per-layer feature mask, key 31,
+bit 5), which makes it run NCNN's direct kernel: faster on one thread, but that kernel uses one thread only, while
+the GEMM path it replaces splits across threads. So with num_threads > 1 the runtime loads the .param with that bit
+cleared (`single_thread_hints_cleared`); outputs are the same either way.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import ncnn
 import numpy as np
+
+
+NCNN_FEATMASK_KEY = 31           # a layer's own feature mask in NCNN's .param (read by Net::load_param)
+NCNN_FEATMASK_NO_SGEMM = 1 << 5   # bit 5 of it: use_sgemm_convolution off for that layer (NCNN's get_masked_option)
+
+
+def single_thread_hints_cleared(param_text: str) -> str:
+    """The .param text with bit 5 of every layer's feature mask cleared (a mask left at 0 is dropped)."""
+    def clear(match):
+        mask = int(match.group(1)) & ~NCNN_FEATMASK_NO_SGEMM
+        return f' {NCNN_FEATMASK_KEY}={mask}' if mask else ''
+    return re.sub(rf' {NCNN_FEATMASK_KEY}=(-?\d+)(?=\s|$)', clear, param_text)
 
 
 def sidecar_path(param_path) -> Path:
@@ -63,7 +81,11 @@ class NcnnRuntime:
         self.net.opt.use_fp16_storage = fp16
         self.net.opt.use_fp16_arithmetic = fp16
         # load_param/load_model return non-zero on failure instead of raising.
-        if self.net.load_param(str(param_path)) != 0:
+        if num_threads > 1:
+            status = self.net.load_param_mem(single_thread_hints_cleared(param_path.read_text()))
+        else:
+            status = self.net.load_param(str(param_path))
+        if status != 0:
             raise ValueError(f'{param_path}: NCNN could not parse this .param file')
         if self.net.load_model(str(bin_path)) != 0:
             raise ValueError(f'{bin_path}: NCNN could not read the weights (does it match {param_path.name}?)')
