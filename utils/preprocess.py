@@ -38,13 +38,21 @@ def resize_image(image_bgr: np.ndarray, width: int, height: int, letterbox: bool
     new_w, new_h = round(w0 * ratio), round(h0 * ratio)
     if (new_w, new_h) != (w0, h0):
         image_bgr = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    # Split odd padding the way Ultralytics does, so LeYOLO's published numbers reproduce.
-    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    padded, left, top = pad_centred(image_bgr, width, height, pad_value)
+    return padded, ResizeInfo(ratio, ratio, float(left), float(top), w0, h0)
+
+
+def pad_centred(image_bgr: np.ndarray, width: int, height: int, pad_value: int = 114) -> tuple[np.ndarray, int, int]:
+    """The image centred in width x height px of grey; returns (padded image, left pad px, top pad px)."""
+    h, w = image_bgr.shape[:2]
+    # Split odd padding the way Ultralytics does (the extra pixel at the bottom / right), so LeYOLO's published
+    # numbers reproduce.
+    dw, dh = (width - w) / 2, (height - h) / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     padded = cv2.copyMakeBorder(image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT,
                                 value=(pad_value, pad_value, pad_value))
-    return padded, ResizeInfo(ratio, ratio, float(left), float(top), w0, h0)
+    return padded, left, top
 
 
 def boxes_to_original(boxes_xyxy_input: np.ndarray, info: ResizeInfo) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from utils.dataset import read_image
-from utils.preprocess import ResizeInfo
+from utils.preprocess import ResizeInfo, pad_centred
 
 RECT_PAD = 0.5          # strides of padding beyond the tightest shape (Ultralytics' val)
 RECT_BATCH_SIZE = 32    # Ultralytics' val batch for LeYOLO's published figures
@@ -104,12 +104,7 @@ def pad_into(image_bgr: np.ndarray, width: int, height: int) -> tuple[np.ndarray
     if ratio < 1:
         w, h = round(w * ratio), round(h * ratio)
         image_bgr = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
-    # odd padding split as Ultralytics splits it (the extra pixel at the bottom / right)
-    dw, dh = (width - w) / 2, (height - h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    padded = cv2.copyMakeBorder(image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                                value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+    padded, left, top = pad_centred(image_bgr, width, height, PAD_VALUE)
     return padded, (left, top, w, h)
 
 
