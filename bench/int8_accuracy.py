@@ -196,6 +196,7 @@ def main() -> int:
     parser.add_argument('--arm', nargs='*', metavar='CPU', help='also run fp32 and INT8 through the C++ app '
                         'built for aarch64 (sample/ncnn/build/arm64) under qemu on ../shared/images, on these CPUs '
                         '(default cortex-a53 cortex-a76): NCNN\'s ARM INT8 kernels are not the x86 ones')
+    parser.add_argument('--mse-images', type=int, default=32, help="'mse': images the threshold search runs on")
     parser.add_argument('--latency-runs', type=int, default=30, help='timed 1-thread runs per model (0: none)')
     parser.add_argument('--workdir', type=Path, help='keep the models here (default: a temporary folder)')
     args = parser.parse_args()
@@ -229,7 +230,7 @@ def main() -> int:
                                workdir / 'int8.param', workdir / 'int8.bin', method=args.method,
                                keep_fp32=tuple(args.keep_fp32), bias_correction=args.bias_correction,
                                depthwise_fp32=not args.int8_depthwise, ends_fp32=not args.int8_ends,
-                               fp16_kept=args.fp16_kept)
+                               fp16_kept=args.fp16_kept, mse_images=args.mse_images)
         quantize_s = time.perf_counter() - start
         print(report.summary())
         print(f'  quantization took {quantize_s:.1f} s')
