@@ -244,6 +244,26 @@ def test_layers_kept_fp32_stay_exact_while_the_rest_is_int8(tiny, tmp_path):
                                           a.load_type == 0 else a.values)
 
 
+def test_quantized_layers_drop_the_no_gemm_hint_kept_ones_keep_it(tiny, tmp_path):
+    """The export marks the stem conv "no im2col+GEMM" (key 31, bit 5: faster in fp32); NCNN's INT8 direct kernel
+    is slower, so a layer the writer quantizes loses that bit (other mask bits stay) and a layer kept fp32 keeps it."""
+    text = tiny['param'].read_text().splitlines()
+    convs = [i for i, line in enumerate(text) if line.startswith('Convolution ')]
+    text[convs[0]] += ' 31=33'           # bit 5 + bit 0
+    text[convs[1]] += ' 31=32'
+    hinted = tmp_path / 'hinted.param'
+    hinted.write_text('\n'.join(text) + '\n')
+    model = read_ncnn_model(hinted, tiny['bin'])
+    first, second = (text[i].split()[1] for i in convs[:2])
+    out = tmp_path / 'q'
+    quantize_ncnn(hinted, tiny['bin'], tiny['calib'], SIZE, SIZE, False, f'{out}.param', f'{out}.bin',
+                  keep_fp32=(second,), ends_fp32=False, depthwise_fp32=False)
+    layers = {layer.name: layer for layer in read_param(f'{out}.param')[0]}
+    assert layers[first].params.get(8) and layers[first].params.get(31) == '1'
+    assert 8 not in layers[second].params and layers[second].params.get(31) == '32'
+    assert len(model.layers) == len(layers)
+
+
 def test_end_layers_are_the_first_conv_and_the_ones_feeding_outputs(tiny):
     """TinyNet: the stem conv reads the input; the sigmoid head conv and the Linear feed the two outputs (the
     Linear through nothing, the head through its fused sigmoid). The convs in between are not ends."""
