@@ -6,9 +6,10 @@ SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, 
 
 Pipelines timed in the same run, on the same images:
   ours       what utils/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 batches (4x less to
-             move from workers and to the device), channels-last activations, pinned memory + AMP +
-             cudnn.benchmark on CUDA;
-  naive      the same model, loss and augmentation with float32 0..1 NCHW batches and none of the above;
+             move from workers and to the device), channels-last activations, decoded images cached in RAM
+             (`cache = auto`: coco128 fits), pinned memory + AMP + cudnn.benchmark on CUDA;
+  naive      the same model, loss and augmentation with float32 0..1 NCHW batches, images decoded every time,
+             and none of the above;
   reference  Yolo-FastestV2's own training step (its TensorDataset with its only augmentation, contrast and
              brightness; its Detector, compute_loss and SGD), run from a checkout of its code given by
              --reference-dir (github.com/dog-qiuqiu/Yolo-FastestV2 with model/backbone/backbone.pth in place), in a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -165,13 +167,15 @@ def main() -> None:
     half = max(1, args.batches // 2)
     with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
         cfg = load_config(write_split(Path(tmp)))
-        dataset = TrainDataset(load_split(cfg, 'train', verbose=False), cfg, augment=True)
+        split = load_split(cfg, 'train', verbose=False)
+        dataset = TrainDataset(split, cfg, augment=True)
+        uncached = TrainDataset(split, dataclasses.replace(cfg, cache='none'), augment=True)
         if len(dataset) < (half + 1) * args.batch_size:   # the reference's loader reads them once
             raise SystemExit(f'{len(dataset)} images: lower --batches or --batch-size')
         print(f'yolo-fastestv2 352x352, batch {args.batch_size}, {args.workers} workers, {2 * half} timed '
               f'batches each, device {device} ({torch.get_num_threads()} CPU threads)')
         ours = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=True, batches=2 * half + 1)
-        naive = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=False, batches=2 * half + 1)
+        naive = Pipeline(cfg, uncached, device, args.batch_size, args.workers, fast=False, batches=2 * half + 1)
         ours.step(), naive.step()   # warm-up: worker start, first allocations, cudnn autotuning
         ours_s, naive_s, reference_s = [], [], []
         for _ in range(2):
@@ -187,7 +191,7 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f'ours     : {rate["ours"]:7.2f} images/s (median {statistics.median(ours_s):.2f} s per batch)')
-    print(f'naive    : {rate["naive"]:7.2f} images/s (float32 NCHW batches, no AMP / pinning / cudnn.benchmark)')
+    print(f'naive    : {rate["naive"]:7.2f} images/s (float32 NCHW batches, no cache / AMP / pinning / cudnn.benchmark)')
     if 'reference' in rate:
         print(f'reference: {rate["reference"]:7.2f} images/s (Yolo-FastestV2\'s train.py step, contrast/brightness '
               f'augmentation only)')

@@ -99,8 +99,9 @@ def test_train_dataset_items_cache_and_mosaic_switch(dataset):
     from utils.train_data import TrainDataset, collate
     cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, **FAST)
     split = load_split(cfg, 'train', verbose=False)
-    plain = TrainDataset(split, cfg)
+    plain = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='none', **FAST))
     cached = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='ram', **FAST))
+    assert plain.cache is None and len(cached.cache) == len(split.image_paths)
     for index in (0, 5):
         image, labels = plain[index]
         assert image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE)
@@ -115,6 +116,19 @@ def test_train_dataset_items_cache_and_mosaic_switch(dataset):
     assert images.shape == (3, 3, SIZE, SIZE) and images.dtype == torch.uint8
     assert targets.shape[1] == 6 and set(targets[:, 0].tolist()) <= {0.0, 1.0, 2.0}
     assert len(targets) == sum(len(plain[i][1]) for i in range(3))
+
+
+def test_cache_auto_keeps_images_in_ram_only_within_the_budget(dataset, monkeypatch):
+    import utils.train_data as train_data
+    from utils.dataset import load_split
+    cfg = load_config(dataset, **FAST)
+    assert cfg.cache == 'auto'
+    split = load_split(cfg, 'train', verbose=False)
+    small = train_data.TrainDataset(split, cfg)
+    assert small.cache is not None and small.cache_bytes() == len(split.image_paths) * SIZE * SIZE * 3
+    assert 0 < train_data.ram_cache_budget() <= 2 << 30
+    monkeypatch.setattr(train_data, 'ram_cache_budget', lambda: small.cache_bytes() - 1)   # one byte short
+    assert train_data.TrainDataset(split, cfg).cache is None
 
 
 # ------------------------------------------------------------------------------------------------ training

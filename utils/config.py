@@ -85,7 +85,8 @@ class Config:
     backup: Path | None = None            # Darknet's output folder; used as the default output folder if given
     letterbox: bool = False               # keep aspect ratio with padding (True) or stretch to width x height (False)
     strict_labels: bool = False           # a bad label line or unreadable image is an error, not a skipped image
-    cache: str = 'none'                   # 'none' or 'ram' (keep decoded training images in memory)
+    cache: str = 'auto'                   # 'ram' (decoded, resized training images in memory), 'none', or 'auto':
+                                          # 'ram' when they fit in min(2 GiB, a quarter of free memory)
     workers: int = 2
     # augmentation (training only)
     hsv_h: float = 0.015                  # hue jitter, fraction of the hue circle
@@ -265,8 +266,8 @@ def _check(cfg: Config, given: dict) -> None:
             fail(key, f'must be {"at least 1" if key == "tal_topk" else "0 or more"}, got {getattr(cfg, key)}')
     if cfg.leyolo_box_gain == cfg.leyolo_cls_gain == cfg.leyolo_dfl_gain == 0:
         fail('leyolo_box_gain', 'leyolo_box_gain, leyolo_cls_gain and leyolo_dfl_gain are all 0: nothing to learn')
-    if cfg.cache not in ('none', 'ram'):
-        fail('cache', f'expected "none" or "ram", got "{cfg.cache}"')
+    if cfg.cache not in ('auto', 'none', 'ram'):
+        fail('cache', f'expected "auto", "none" or "ram", got "{cfg.cache}"')
     if cfg.head == 'anchor':
         if not cfg.anchors:   # Darknet files carry no anchors: take COCO's, scaled to the input size
             if len(cfg.strides) == 2:

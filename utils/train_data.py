@@ -8,9 +8,12 @@ resumed run sees the same augmentations as an uninterrupted one, whatever the nu
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from utils.augment import (flip_lr, hsv_jitter, mosaic4, px_to_labels, random_scale_translate, resize_to_fit,
                            to_input_size)
@@ -33,11 +36,16 @@ class TrainDataset(Dataset):
         # RAM cache of images already resized to training scale. Filled here, in the main process, because
         # DataLoader workers are forked copies: what a worker caches never reaches the next epoch's workers.
         self.cache = None
-        if cfg.cache == 'ram':
-            self.cache = [self._load_from_disk(i) for i in range(len(self.image_paths))]
+        if cfg.cache == 'ram' or (cfg.cache == 'auto' and self.cache_bytes() <= ram_cache_budget()):
+            self.cache = [self._load_from_disk(i) for i in tqdm(range(len(self.image_paths)), desc='caching images',
+                                                                 disable=len(self.image_paths) < 1000)]
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def cache_bytes(self) -> int:
+        """What the RAM cache holds at most: every image resized to fit width x height, 3 bytes a pixel."""
+        return len(self.image_paths) * self.width * self.height * 3
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch's DataLoader iterator is made (workers copy the dataset when they start)."""
@@ -81,3 +89,13 @@ def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
     targets = [torch.cat([torch.full((len(labels), 1), float(i)), labels], dim=1)
                for i, (_, labels) in enumerate(batch)]
     return images, torch.cat(targets) if targets else torch.zeros((0, 6))
+
+
+def ram_cache_budget() -> int:
+    """Bytes `cache = auto` may use in this process: min(2 GiB, a quarter of the free memory), shared by the
+    training processes of this machine (each DDP process holds its own cache)."""
+    try:
+        free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):   # not Linux: stay within the fixed cap
+        free = 8 << 30
+    return min(2 << 30, free // 4) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))

@@ -166,9 +166,11 @@ class _Run:
         self.warmup_steps = warmup_steps_for(cfg, self.steps_per_epoch)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log(f'training {cfg.model} on {len(self.dataset)} images, {cfg.epochs} epochs, batch {cfg.batch_size} '
-                 f'({self.world} x {cfg.subdivisions} x {self.mini_batch}), device {self.device}, '
-                 f'output {self.out_dir}')
+        cached = (f'decoded images cached in RAM ({self.dataset.cache_bytes() / 2**20:.0f} MB at most)'
+                  if self.dataset.cache is not None else 'images read from disk each epoch')
+        self.log(f'training {cfg.model} on {len(self.dataset)} images ({cached}), {cfg.epochs} epochs, '
+                 f'batch {cfg.batch_size} ({self.world} x {cfg.subdivisions} x {self.mini_batch}), '
+                 f'device {self.device}, output {self.out_dir}')
 
         if self.start_epoch >= cfg.epochs:
             self.log(f'{options.resume} already finished its {cfg.epochs} epochs (--epochs N to train longer)')
