@@ -143,10 +143,12 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     # seeds and memory formats, after 22 over 0.071-0.143 (measured), so 22 keeps the bar clear of chance.
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
     cfg = load_config(dataset, epochs=22, eval_interval=22, steps=(19,), close_mosaic=4, backbone_weights=backbone,
-                      **FAST)
+                      learning_rate=0.001, **FAST)
     torch.manual_seed(0)
     untrained = evaluate(build_model(cfg, log=lambda s: None).eval(), cfg, progress=False)
+    (tmp_path / 'results.csv').write_text('epoch,lr\n1,0.5\n')   # an earlier run's record in the same folder
     report = train(cfg, TrainOptions(out_dir=tmp_path, device='cpu', workers=0))
+    assert (tmp_path / 'results.previous.csv').read_text() == 'epoch,lr\n1,0.5\n'
     trained = evaluate(load_trained(cfg, tmp_path / 'best.pt'), cfg, progress=False)
     print(f'mAP@0.5 untrained {untrained.map50:.4f}, trained {trained.map50:.4f}')
     assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.071

@@ -166,6 +166,10 @@ class _Run:
         self.warmup_steps = warmup_steps_for(cfg, self.steps_per_epoch)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            results = self.out_dir / 'results.csv'
+            if not checkpoint and results.exists():   # a new run: its record must not continue an older one's
+                results.replace(self.out_dir / 'results.previous.csv')
+                self.log(f'{results}: an earlier run\'s, moved to results.previous.csv')
         cached = (f'decoded images cached in RAM ({self.dataset.cache_bytes() / 2**20:.0f} MB at most)'
                   if self.dataset.cache is not None else 'images read from disk each epoch')
         self.log(f'training {cfg.model} on {len(self.dataset)} images ({cached}), {cfg.epochs} epochs, '
