@@ -145,6 +145,15 @@ def test_a_wrong_activation_scale_fails_the_check(tiny, tmp_path):
                              tiny['held_out'])
 
 
+def every_blob(param, bin_, fp32_model, image) -> tuple:
+    """(layers of the INT8 .param, every blob's value in NCNN for one image)."""
+    layers, _ = read_param(param)
+    net = load_ncnn_net(param, bin_, int8=True)
+    blobs = sorted({b for layer in layers for b in layer.bottoms + layer.tops})
+    _, chw = next(load_calibration_inputs([image], SIZE, SIZE, False))
+    return layers, run_blobs(net, fp32_model.input_blob, blobs, chw)
+
+
 def test_each_int8_layer_computes_what_the_writer_means(tiny, tmp_path):
     """NCNN's INT8 output of every quantized layer equals int8(input) * int8(weights) / scales + bias, activated,
     computed in torch from the scales we wrote: the .bin layout and the scale semantics are NCNN's."""
@@ -152,12 +161,8 @@ def test_each_int8_layer_computes_what_the_writer_means(tiny, tmp_path):
     quantize_ncnn(tiny['param'], tiny['bin'], tiny['calib'], SIZE, SIZE, False, out_param, out_bin,
                   depthwise_fp32=False, ends_fp32=False)
     fp32_model = read_ncnn_model(tiny['param'], tiny['bin'])
-    int8_layers, _ = read_param(out_param)
+    int8_layers, values = every_blob(out_param, out_bin, fp32_model, tiny['held_out'][0])
     raw = out_bin.read_bytes()
-    net = load_ncnn_net(out_param, out_bin, int8=True)
-    blobs = sorted({b for layer in int8_layers for b in layer.bottoms + layer.tops})
-    _, chw = next(load_calibration_inputs(tiny['held_out'][:1], SIZE, SIZE, False))
-    values = run_blobs(net, fp32_model.input_blob, blobs, chw)
     offset = 0
     for layer in int8_layers:
         arrays = fp32_model.weights[layer.name]
@@ -202,12 +207,8 @@ def test_layers_kept_fp32_stay_exact_while_the_rest_is_int8(tiny, tmp_path):
     assert {r.name for r in report.layers if not r.quantized} == {c3, depthwise}
     assert re.search(f'kept fp32: ({c3}, {depthwise}|{depthwise}, {c3})$', report.summary(), re.M)
 
-    layers, _ = read_param(f'{mixed}.param')
+    layers, values = every_blob(f'{mixed}.param', f'{mixed}.bin', fp32_model, tiny['held_out'][0])
     raw, offset = Path(f'{mixed}.bin').read_bytes(), 0
-    net = load_ncnn_net(f'{mixed}.param', f'{mixed}.bin', int8=True)
-    blobs = sorted({b for layer in layers for b in layer.bottoms + layer.tops})
-    _, chw = next(load_calibration_inputs(tiny['held_out'][:1], SIZE, SIZE, False))
-    values = run_blobs(net, fp32_model.input_blob, blobs, chw)
     growth = 0
     for layer in layers:
         arrays = fp32_model.weights[layer.name]
