@@ -40,8 +40,8 @@ from utils.schedule import (WARMUP_BIAS_LR_FACTOR, epoch_indices, optimizer_grou
 from utils.train_data import TrainDataset, collate
 
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
-# Channels-last (NHWC) activations: oneDNN's convolutions, the depthwise ones above all, run without reordering;
-# a training step on 2 CPU threads took about 0.6 of the NCHW time (bench/train_speed.py).
+# Channels-last (NHWC) activations spare oneDNN's convolutions their layout reorders. Measured: a training step
+# (forward, loss, backward, SGD; batch 32 at 352, 2 CPU threads) took 0.69 s against 0.98 s in NCHW.
 MEMORY_FORMAT = torch.channels_last
 
 
