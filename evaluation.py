@@ -56,7 +56,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.batch_size is None:
         args.batch_size = RECT_BATCH_SIZE if args.rect else 16
-    if args.rect and args.backend != 'torch':
+    if args.batch_size < 1:
+        print(f'error: --batch-size must be 1 or more, got {args.batch_size}', file=sys.stderr)
+        return 1
+    if args.rect and args.backend != 'torch':   # before loading anything (utils.evaluator.check_rect says it too)
         print(f'error: --rect changes the input shape from batch to batch; the {args.backend} backend runs a graph '
               f'with a fixed input shape: use --backend torch with the .pth, or leave out --rect', file=sys.stderr)
         return 1

@@ -45,7 +45,7 @@ def parse_args():
                              "'minmax'")
     parser.add_argument('--int8-all', action='store_true',
                         help='quantize every conv layer (default: depthwise, first and output convs stay fp32; '
-                             'all-INT8 is ~28%% of fp32 instead of ~38%%, but lost detections on LeYOLO-Nano)')
+                             'all-INT8 is ~28%% of fp32 instead of 37-39%%, but lost detections on LeYOLO-Nano)')
     return parser.parse_args()
 
 

@@ -193,12 +193,9 @@ def run_ours(data: Path, folder: Path, epochs: int, threads: int, reuse: bool) -
 
 def score(cfg, weights: Path) -> tuple[float, float]:
     """(mAP@0.5, mAP@0.5:0.95) on the val split with our evaluator."""
-    from model.build import build_model
-    from model.weights import load_weights
     from utils.evaluator import evaluate
-    model = build_model(cfg, log=lambda *_: None)
-    load_weights(model, weights, strict=True)
-    result = evaluate(model.eval(), cfg, progress=False)
+    from utils.runtimes import load_runtime
+    result = evaluate(load_runtime('torch', cfg, weights), cfg, progress=False)
     return float(result.map50), float(result.map50_95)
 
 

@@ -7,7 +7,7 @@
 Calibration images go through the deployment pre-processing (utils.preprocess.resize_image with the .data's
 size and letterbox, BGR, /255): INT8 activation scales only fit inference inputs prepared the same way.
 Convolution and InnerProduct layers are quantized (weights per output channel, activations per layer, see
-utils/int8_calibrate.py). The model is mixed precision: depthwise convolutions, the first conv layer and the conv
+utils/int8_calibrate.py), and ConvolutionDepthWise too (per group) with depthwise_fp32=False. The model is mixed precision: depthwise convolutions, the first conv layer and the conv
 layers that feed the outputs stay fp32 (weights stored as float32 unless fp16_kept), as do the layers named in
 `keep_fp32` and every layer that is not a conv/fc. NCNN runs a conv layer in fp32 when its .param line has no
 int8_scale_term, whatever the layers around it do. The output is checked: the INT8 model is loaded by the ncnn

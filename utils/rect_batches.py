@@ -34,7 +34,6 @@ from utils.preprocess import ResizeInfo, pad_centred
 RECT_PAD = 0.5          # strides of padding beyond the tightest shape (Ultralytics' val)
 RECT_BATCH_SIZE = 32    # Ultralytics' val batch for LeYOLO's published figures
 EXIF_ORIENTATION = 0x0112
-PAD_VALUE = 114
 
 
 def image_sizes(paths: list) -> list[tuple[int, int]]:
@@ -56,8 +55,8 @@ def image_sizes(paths: list) -> list[tuple[int, int]]:
                     width, height = image.size
                     rotated = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
                 size = (height, width) if rotated else (width, height)
-            except Exception:   # a format Pillow does not know: decode it
-                size = None
+            except Exception:   # a format Pillow does not know: decode it below
+                pass
         if size is None:
             height, width = read_image(path).shape[:2]
             size = (width, height)
@@ -104,7 +103,7 @@ def pad_into(image_bgr: np.ndarray, width: int, height: int) -> tuple[np.ndarray
     if ratio < 1:
         w, h = round(w * ratio), round(h * ratio)
         image_bgr = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
-    padded, left, top = pad_centred(image_bgr, width, height, PAD_VALUE)
+    padded, left, top = pad_centred(image_bgr, width, height)
     return padded, (left, top, w, h)
 
 
