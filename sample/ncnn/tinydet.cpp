@@ -281,6 +281,10 @@ Detector::Detector(const std::string& param_path, const std::string& bin_path, c
     }
     if (net_.load_param(param_path.c_str()) != 0)
         throw std::runtime_error(param_path + ": NCNN could not read this .param file");
+    // The export marks the stem conv "no im2col+GEMM" (featmask bit 5): NCNN's direct kernel is faster on one
+    // thread but runs on one thread only, so with more threads the GEMM path wins (as utils/ncnn_runtime.py does).
+    if (options.num_threads > 1)
+        for (ncnn::Layer* layer : net_.mutable_layers()) layer->featmask &= ~(1 << 5);
     if (net_.load_model(bin_path.c_str()) != 0)
         throw std::runtime_error(bin_path + ": NCNN could not read the weights (do they match " + param_path + "?)");
     std::vector<std::string> wanted = info_.output_blobs;
