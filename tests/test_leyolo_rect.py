@@ -13,7 +13,8 @@ import torch
 from conftest import REPO, shared_path
 from model.spec import HeadSpec
 from utils.config import load_config
-from utils.evaluator import evaluate, nms_multi_label, predict_split
+from utils.evaluator import evaluate, predict_split
+from utils.postprocess import nms
 from utils.preprocess import boxes_to_original
 from utils.rect_batches import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
 
@@ -85,12 +86,12 @@ def test_a_drawn_square_is_found_again_in_original_pixels(tmp_path):
 def test_multi_label_nms_keeps_a_box_for_each_class():
     boxes = np.array([[[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]]], np.float32)
     scores = np.array([[[0.9, 0.6], [0.8, 0.0], [0.0, 0.005]]], np.float32)
-    dets = nms_multi_label(boxes, scores, conf=0.001, iou=0.5, max_det=10)[0]
+    dets = nms(boxes, scores, 0.001, 0.5, max_det=10, multi_label=True)[0]
     # box 0 as class 0 and as class 1; box 1 suppressed by box 0 (same class 0); box 2 as class 1
     assert sorted((round(score, 3), int(cls)) for score, cls in dets[:, 4:].tolist()) == [(0.005, 1), (0.6, 1),
                                                                                            (0.9, 0)]
-    assert len(nms_multi_label(boxes, scores, conf=0.001, iou=0.5, max_det=2)[0]) == 2
-    assert len(nms_multi_label(boxes, np.zeros_like(scores), conf=0.001, iou=0.5, max_det=10)[0]) == 0
+    assert len(nms(boxes, scores, 0.001, 0.5, max_det=2, multi_label=True)[0]) == 2
+    assert len(nms(boxes, np.zeros_like(scores), 0.001, 0.5, max_det=10, multi_label=True)[0]) == 0
 
 
 def write_data(folder: Path, side: int, **keys) -> Path:

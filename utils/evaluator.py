@@ -35,7 +35,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from utils.dataset import EvalDataset, collate_eval, load_split
-from utils.postprocess import decode, nms, postprocess
+from utils.postprocess import decode, nms
 from utils.preprocess import boxes_to_original
 from utils.rect_batches import RectEvalDataset, image_sizes, plan_batches
 from utils.runtimes import TorchRuntime
@@ -118,20 +118,6 @@ def rect_loader(runtime, split, cfg, batch_size: int, workers: int) -> torch.uti
                                        batch_sampler=[indices for indices, _ in plan], collate_fn=collate_eval)
 
 
-def nms_multi_label(boxes_xyxy_px: np.ndarray, scores: np.ndarray, conf: float, iou: float,
-                    max_det: int) -> list[np.ndarray]:
-    """Ultralytics' validation NMS: every (box, class) pair scoring above `conf` is a candidate of its own, so one
-    box may be kept for several classes. Built on utils.postprocess.nms (the same suppression rule): each pair
-    enters as a box whose only non-zero score is its class."""
-    detections = []
-    for boxes, image_scores in zip(boxes_xyxy_px, scores):
-        box_index, classes = np.nonzero(image_scores > conf)
-        pair_scores = np.zeros((len(box_index), image_scores.shape[1]), dtype=np.float32)
-        pair_scores[np.arange(len(box_index)), classes] = image_scores[box_index, classes]
-        detections += nms(boxes[box_index][None], pair_scores[None], conf, iou, max_det)
-    return detections
-
-
 def predict_split(runtime, split, cfg, conf: float, iou: float, max_det: int, batch_size: int, workers: int,
                   progress: bool, seconds: dict, rect: bool = False, multi_label: bool = False) -> tuple[list, list]:
     """Detections in original pixels per image ((M, 6) [x1, y1, x2, y2, score, class]) and (width, height) per image."""
@@ -153,10 +139,7 @@ def predict_split(runtime, split, cfg, conf: float, iou: float, max_det: int, ba
         spec = runtime.spec   # a rectangular batch decodes at its own input size
         if (width, height) != (spec.input_width, spec.input_height):
             spec = dataclasses.replace(spec, input_width=int(width), input_height=int(height))
-        if multi_label:
-            batch_detections = nms_multi_label(*decode(outputs, spec), conf, iou, max_det)
-        else:
-            batch_detections = postprocess(outputs, spec, conf, iou, max_det)
+        batch_detections = nms(*decode(outputs, spec), conf, iou, max_det, multi_label=multi_label)
         for dets, info, index in zip(batch_detections, infos, indices):
             detections[index] = np.concatenate((boxes_to_original(dets[:, :4], info), dets[:, 4:]), 1)
             sizes[index] = (info.orig_width, info.orig_height)
@@ -324,7 +307,7 @@ def evaluate(model_or_runtime, cfg, conf: float = 0.001, iou: float = 0.6, max_d
     at which precision/recall/F1 and the confusion matrix are given; `save_json`: write the COCO results file;
     `plots_dir`: write the PR curve and confusion matrix PNGs. `rect`: rectangular batches of `batch_size`
     (utils/rect_batches.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
-    once per class above `conf` (nms_multi_label). Both together are Ultralytics' validation protocol."""
+    once per class above `conf` (utils.postprocess.nms). Both together are Ultralytics' validation protocol."""
     runtime = as_runtime(model_or_runtime)
     if rect:
         check_rect(runtime, cfg)

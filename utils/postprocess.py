@@ -106,20 +106,29 @@ def decode(outputs_nhwc: list, spec) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(all_boxes, 1), np.concatenate(all_scores, 1)
 
 
-def nms(boxes_xyxy_px, scores, conf_thresh: float, iou_thresh: float, max_det: int = 300) -> list[np.ndarray]:
+def nms(boxes_xyxy_px, scores, conf_thresh: float, iou_thresh: float, max_det: int = 300,
+        multi_label: bool = False) -> list[np.ndarray]:
     """Per image: best class per box, keep score > conf_thresh, class-aware NMS, at most max_det, best first.
+    multi_label: every (box, class) pair above conf_thresh is a candidate of its own (Ultralytics' validation), so a
+    box may be kept once for each of several classes.
 
     boxes_xyxy_px (N, K, 4), scores (N, K, C) -> list of N float32 arrays (M, 6) [x1, y1, x2, y2, score, class].
     """
     boxes_xyxy_px, scores = to_numpy(boxes_xyxy_px), to_numpy(scores)
     detections = []
     for boxes, image_scores in zip(boxes_xyxy_px, scores):
-        classes = image_scores.argmax(1)
-        best = image_scores[np.arange(len(classes)), classes]
-        keep = np.flatnonzero(best > conf_thresh)
+        if multi_label:
+            keep, classes = np.nonzero(image_scores > conf_thresh)
+            best = image_scores[keep, classes]
+        else:
+            classes = image_scores.argmax(1)
+            best = image_scores[np.arange(len(classes)), classes]
+            keep = np.flatnonzero(best > conf_thresh)
+            best, classes = best[keep], classes[keep]
         if len(keep) > MAX_BOXES_INTO_NMS:
-            keep = keep[np.argsort(-best[keep], kind='stable')[:MAX_BOXES_INTO_NMS]]
-        boxes, best, classes = boxes[keep], best[keep], classes[keep]
+            top = np.argsort(-best, kind='stable')[:MAX_BOXES_INTO_NMS]
+            keep, best, classes = keep[top], best[top], classes[top]
+        boxes = boxes[keep]
         if len(keep):
             # OpenCV takes (x, y, w, h) boxes; it offsets each class's boxes apart so classes never suppress each other.
             xywh = np.concatenate((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), 1).astype(np.float64)
