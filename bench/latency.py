@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from model.build import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.export import convert_to_ncnn, export_all, ncnn_blob_names  # noqa: E402
-from utils.ncnn_runtime import NcnnRuntime  # noqa: E402
+from utils.export import export_all, ncnn_blob_names  # noqa: E402
+from utils.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
 SHIPPED_PARAM = SHARED / 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'
@@ -148,9 +148,9 @@ def bench_model(model_name: str, side: int, threads_list, args, folder: Path) ->
     with_reference = model_name == 'yolo-fastestv2' and side == SHIPPED_SIZE and SHIPPED_PARAM.is_file()
     no_hint_param = None
     if with_reference:   # the same export without the layer hint: how much of the result is the hint
-        no_hint_onnx = folder / f'{model_name}-nohint.onnx'
-        no_hint_onnx.write_bytes(paths['onnx'].read_bytes())
-        no_hint_param, _ = convert_to_ncnn(no_hint_onnx, side, side, layer_hints=False)
+        no_hint_param = folder / f'{model_name}-nohint.param'   # the same graph and weights, the hint cleared
+        no_hint_param.write_text(single_thread_hints_cleared(paths['param'].read_text()))
+        no_hint_param.with_suffix('.bin').symlink_to(paths['bin'])
     print(f'\n{model_name} {side}x{side} ({weights_note}), {args.runs} runs after {args.warmup} warm-up; '
           f'{load_text()}')
     results = []

@@ -104,9 +104,9 @@ def export_onnx(model: torch.nn.Module, onnx_path, width: int, height: int, opse
     return onnx_path
 
 
-def convert_to_ncnn(onnx_path, width: int, height: int, layer_hints: bool = True) -> tuple[Path, Path]:
-    """ONNX -> `X.param` / `X.bin` beside it (pnnx, fp32 weights), with `add_ncnn_layer_hints` unless
-    layer_hints=False. pnnx's other files are left in a temp folder."""
+def convert_to_ncnn(onnx_path, width: int, height: int) -> tuple[Path, Path]:
+    """ONNX -> `X.param` / `X.bin` beside it (pnnx, fp32 weights), with `add_ncnn_layer_hints`. pnnx's other
+    files are left in a temp folder."""
     onnx_path = Path(onnx_path)
     param_path, bin_path = onnx_path.with_suffix('.param'), onnx_path.with_suffix('.bin')
     with tempfile.TemporaryDirectory(prefix='pnnx_') as work:
@@ -122,8 +122,7 @@ def convert_to_ncnn(onnx_path, width: int, height: int, layer_hints: bool = True
             raise ExportError(f'pnnx failed on {onnx_path} (exit {result.returncode}):\n{log}')
         shutil.move(produced[0], param_path)
         shutil.move(produced[1], bin_path)
-    if layer_hints:
-        add_ncnn_layer_hints(param_path)
+    add_ncnn_layer_hints(param_path)
     return param_path, bin_path
 
 
@@ -219,13 +218,11 @@ def write_sidecar(param_path, spec, class_names, letterbox: bool, pad_value: int
 
 
 def export_all(model, cfg, onnx_path, opset: int = 11, simplify: bool = True, ncnn: bool = True,
-               conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU,
-               ncnn_layer_hints: bool = True) -> dict:
+               conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU) -> dict:
     """The whole road for one model and its Config. Returns {'onnx': path, 'param': ..., 'bin': ..., 'json': ...}."""
     paths = {'onnx': export_onnx(model, onnx_path, cfg.width, cfg.height, opset=opset, simplify=simplify)}
     if ncnn:
-        paths['param'], paths['bin'] = convert_to_ncnn(paths['onnx'], cfg.width, cfg.height,
-                                                       layer_hints=ncnn_layer_hints)
+        paths['param'], paths['bin'] = convert_to_ncnn(paths['onnx'], cfg.width, cfg.height)
         paths['json'] = write_sidecar(paths['param'], model.spec, cfg.class_names, cfg.letterbox,
                                       conf_thresh=conf_thresh, nms_iou=nms_iou)
     return paths
