@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from utils.config import YFV2_COCO_ANCHORS_352, load_config  # noqa: E402
+from person_dataset import link_labelled, person_boxes  # noqa: E402  (bench/, beside this file)
 
 COCO128 = SHARED / 'datasets' / 'coco128'
 # model -> (released weights, head, input side px, letterbox, the metric that must hold)
@@ -79,14 +80,10 @@ def write_person_data(folder: Path, epochs: int, batch_size: int, lr: float, war
         out = folder / 'person' / split
         out.mkdir(parents=True, exist_ok=True)
         for image in sorted((COCO128 / 'images' / split).glob('*.jpg')):
-            label = COCO128 / 'labels' / split / f'{image.stem}.txt'
-            persons = [line for line in (label.read_text().splitlines() if label.exists() else [])
-                       if line.split()[:1] == ['0']]
+            persons = person_boxes(COCO128 / 'labels' / split / f'{image.stem}.txt')
             if split == 'train2017' and not persons:
                 continue
-            if not (out / image.name).exists():
-                (out / image.name).symlink_to(image)
-            (out / f'{image.stem}.txt').write_text(''.join(f'{line}\n' for line in persons))
+            link_labelled(image, out, persons)
         splits[split] = out
     (folder / 'person.names').write_text('person\n')
     weights = MODELS['leyolo-nano'][0]

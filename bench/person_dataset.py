@@ -59,17 +59,20 @@ def choose_split(seed: int) -> tuple[list, list]:
     return train, val
 
 
+def link_labelled(image: Path, folder: Path, label_lines: list) -> Path:
+    """`image` symlinked into `folder` with its Darknet label file beside it (Yolo-FastestV2's layout); the link."""
+    link = folder / image.name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(image.resolve(), link)
+    (folder / (image.stem + '.txt')).write_text(''.join(line + '\n' for line in label_lines))
+    return link
+
+
 def write_split(out: Path, name: str, items: list) -> Path:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for image, boxes in items:
-        link = folder / image.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(image.resolve(), link)
-        (folder / (image.stem + '.txt')).write_text(''.join(line + '\n' for line in boxes))
-        paths.append(str(link))
+    paths = [str(link_labelled(image, folder, boxes)) for image, boxes in items]
     list_file = out / f'{name}.txt'
     list_file.write_text('\n'.join(paths) + '\n')
     return list_file

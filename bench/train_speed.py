@@ -46,6 +46,7 @@ from utils.dataset import load_split  # noqa: E402
 from utils.loss import build_loss  # noqa: E402
 from utils.train_data import TrainDataset, collate  # noqa: E402
 from utils.schedule import optimizer_groups  # noqa: E402
+from person_dataset import link_labelled  # noqa: E402  (bench/, beside this file)
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
 ANCHORS = '12.64,19.39, 37.88,51.48, 55.71,138.31, 126.91,78.23, 131.57,214.55, 279.92,258.87'
@@ -89,10 +90,9 @@ def write_split(folder: Path) -> Path:
     split.mkdir()
     paths = []
     for image in sorted((COCO128 / 'images' / 'train2017').glob('*.jpg')):
-        (split / image.name).symlink_to(image)
         label = COCO128 / 'labels' / 'train2017' / (image.stem + '.txt')
-        (split / (image.stem + '.txt')).write_text(label.read_text() if label.exists() else '')
-        paths.append(str(split / image.name))
+        lines = [line for line in (label.read_text().splitlines() if label.exists() else []) if line.strip()]
+        paths.append(str(link_labelled(image, split, lines)))
     (folder / 'train.txt').write_text('\n'.join(paths) + '\n')
     (folder / 'coco.names').write_text('\n'.join(f'class{i}' for i in range(80)) + '\n')
     data = folder / 'coco128.data'

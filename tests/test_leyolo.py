@@ -217,7 +217,10 @@ def write_person_dataset(folder, train_images: int, val_images: int):
     """coco128 reduced to one class, person (COCO class 0): the first `train_images` train2017 images holding a
     person, the first `val_images` of val2017 (those without a person are backgrounds). Images are linked, labels
     rewritten beside them."""
-    import os
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from person_dataset import link_labelled, person_boxes
     coco = shared_path('datasets/coco128')
     folders = {}
     for split, wanted in (('train2017', train_images), ('val2017', val_images)):
@@ -225,13 +228,10 @@ def write_person_dataset(folder, train_images: int, val_images: int):
         out.mkdir(parents=True)
         taken = 0
         for image in sorted((coco / 'images' / split).glob('*.jpg')):
-            label = coco / 'labels' / split / f'{image.stem}.txt'
-            persons = [line for line in (label.read_text().splitlines() if label.exists() else [])
-                       if line.split()[:1] == ['0']]
+            persons = person_boxes(coco / 'labels' / split / f'{image.stem}.txt')
             if split == 'train2017' and not persons:
                 continue
-            os.symlink(image, out / image.name)
-            (out / f'{image.stem}.txt').write_text(''.join(f'{line}\n' for line in persons))
+            link_labelled(image, out, persons)
             taken += 1
             if taken == wanted:
                 break
