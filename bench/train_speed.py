@@ -126,7 +126,7 @@ class Pipeline:
                                          momentum=cfg.momentum, nesterov=True)
         self.amp = fast and self.cuda
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
-        order = [i % len(dataset) for i in range(batches * batch_size)]   # coco128 again if it runs out
+        order = [(0, i % len(dataset)) for i in range(batches * batch_size)]   # (epoch, index); coco128 again
         loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers, drop_last=True,
                             collate_fn=collate if fast else collate_float32, pin_memory=self.amp)
         self.batches = iter(loader)

@@ -3,8 +3,10 @@
 Each item is (image uint8 (3, H, W) BGR, labels float32 (n, 5) [class, cx, cy, w, h] normalised). Images stay uint8
 all the way into the model (it divides by 255 itself), which keeps worker -> main process transfers 4x smaller.
 
-Randomness is drawn from a generator seeded by (seed, epoch, index), not from the worker's global state, so a
-resumed run sees the same augmentations as an uninterrupted one, whatever the number of workers.
+Items are asked for as (epoch, index) pairs, which `EpochSampler` yields: the DataLoader's workers persist across
+epochs, so the epoch must travel with each request. Randomness is drawn from a generator seeded by
+(seed, epoch, index), not from the worker's global state, so a resumed run sees the same augmentations as an
+uninterrupted one, whatever the number of workers.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from utils.augment import (flip_lr, hsv_jitter, mosaic4, px_to_labels, random_scale_translate, resize_to_fit,
@@ -32,9 +34,9 @@ class TrainDataset(Dataset):
         self.flip_prob, self.scale, self.translate = cfg.flip_lr, cfg.scale, cfg.translate
         self.mosaic_prob = cfg.mosaic if augment else 0.0
         self.epochs, self.close_mosaic = cfg.epochs, cfg.close_mosaic
-        self.seed, self.epoch = seed, 0
-        # RAM cache of images already resized to training scale. Filled here, in the main process, because
-        # DataLoader workers are forked copies: what a worker caches never reaches the next epoch's workers.
+        self.seed = seed
+        # RAM cache of images already resized to training scale. Filled here, in the main process, before the
+        # DataLoader forks its workers: each worker then reads the same copy-on-write pages instead of its own.
         self.cache = None
         if cfg.cache == 'ram' or (cfg.cache == 'auto' and self.cache_bytes() <= ram_cache_budget()):
             self.cache = [self._load_from_disk(i) for i in tqdm(range(len(self.image_paths)), desc='caching images',
@@ -47,14 +49,9 @@ class TrainDataset(Dataset):
         """What the RAM cache holds at most: every image resized to fit width x height, 3 bytes a pixel."""
         return len(self.image_paths) * self.width * self.height * 3
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch's DataLoader iterator is made (workers copy the dataset when they start)."""
-        self.epoch = epoch
-
-    @property
-    def mosaic_active(self) -> bool:
+    def mosaic_active(self, epoch: int) -> bool:
         # The last `close_mosaic` epochs train on whole, undistorted images like those seen at evaluation.
-        return self.mosaic_prob > 0 and self.epoch < self.epochs - self.close_mosaic
+        return self.mosaic_prob > 0 and epoch < self.epochs - self.close_mosaic
 
     def _load_from_disk(self, index: int) -> np.ndarray:
         return resize_to_fit(read_image(self.image_paths[index]), self.width, self.height, self.letterbox)
@@ -63,9 +60,10 @@ class TrainDataset(Dataset):
         """The image at training scale (stretched, or fitted inside width x height keeping its aspect ratio)."""
         return self.cache[index] if self.cache is not None else self._load_from_disk(index)
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng((self.seed, self.epoch, index))
-        if self.augment and self.mosaic_active and rng.random() < self.mosaic_prob:
+    def __getitem__(self, epoch_and_index: tuple[int, int]):
+        epoch, index = epoch_and_index
+        rng = np.random.default_rng((self.seed, epoch, index))
+        if self.augment and self.mosaic_active(epoch) and rng.random() < self.mosaic_prob:
             others = rng.integers(0, len(self), 3)
             tiles = [(self.load_resized(i), self.labels[i]) for i in [index, *others]]
             image, classes, boxes = mosaic4(tiles, self.width, self.height, rng)
@@ -81,6 +79,23 @@ class TrainDataset(Dataset):
         labels = px_to_labels(classes, boxes, self.width, self.height)
         chw = np.ascontiguousarray(image.transpose(2, 0, 1))
         return torch.from_numpy(chw), torch.from_numpy(labels)
+
+
+class EpochSampler(Sampler):
+    """The sampler of a persistent DataLoader: yields (epoch, index) for the order given by the last `set_epoch`.
+    It runs in the main process, so setting it before each `iter(loader)` reaches workers that started epochs ago."""
+
+    def __init__(self):
+        self.items: list[tuple[int, int]] = []
+
+    def set_epoch(self, epoch: int, indices: list[int]) -> None:
+        self.items = [(epoch, index) for index in indices]
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:

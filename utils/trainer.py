@@ -18,7 +18,7 @@ import os
 import signal
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from utils.loss import build_loss
 from utils.results_log import append_results
 from utils.schedule import (WARMUP_BIAS_LR_FACTOR, epoch_indices, optimizer_groups, set_learning_rate,
                             warmup_steps_for)
-from utils.train_data import TrainDataset, collate
+from utils.train_data import EpochSampler, TrainDataset, collate
 
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
 # Channels-last (NHWC) activations spare oneDNN's convolutions their layout reorders. Measured: a training step
@@ -94,11 +94,27 @@ def _setup_distributed(device_name: str) -> tuple[int, int, int]:
     return dist.get_rank(), world, local_rank
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _ignore_stop_signals(_worker_id):
     # Ctrl-C reaches the whole process group, and so does SIGTERM from Slurm, `docker stop` or `kill -- -PGID`:
     # workers must keep serving batches while the main process saves (the DataLoader ends them afterwards).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)   # also discards one that arrived while held (below)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def _stop_signals_held():
+    """Hold SIGINT / SIGTERM back while DataLoader workers are forked: one sent to the process group in that window
+    would kill a new worker before `_ignore_stop_signals` runs in it (seen in CI). The main process gets it on
+    release; a worker inherits the mask and drops it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def config_record(cfg) -> dict:
@@ -161,7 +177,14 @@ class _Run:
         split = load_split(cfg, 'train')
         self.dataset = TrainDataset(split, cfg, augment=True, seed=options.seed)
         self.workers = cfg.workers if options.workers is None else options.workers
-        per_epoch = len(epoch_indices(len(self.dataset), 0, 0, 0, self.world)) // self.mini_batch
+        # Workers persist across epochs (no fork and cold prefetch each epoch); the sampler tells them the epoch.
+        self.sampler = EpochSampler()
+        shard = len(epoch_indices(len(self.dataset), 0, 0, 0, self.world))
+        self.loader = DataLoader(self.dataset, batch_size=self.mini_batch, sampler=self.sampler,
+                                 num_workers=self.workers, persistent_workers=self.workers > 0,
+                                 collate_fn=collate, pin_memory=self.amp, drop_last=shard >= 2 * self.mini_batch,
+                                 worker_init_fn=_ignore_stop_signals, generator=torch.Generator())
+        per_epoch = shard // self.mini_batch
         self.steps_per_epoch = max(1, -(-max(per_epoch, 1) // cfg.subdivisions))
         self.warmup_steps = warmup_steps_for(cfg, self.steps_per_epoch)
         if self.main:
@@ -182,9 +205,13 @@ class _Run:
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._train_epoch(epoch)
+                _, stop = self._agree(False, self.stop_signal is not None)   # came during evaluation or saving
+                if stop and epoch + 1 < cfg.epochs:
+                    raise TrainingInterrupted(self.stop_signal or signal.SIGTERM, self.out_dir / 'last.pt')
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            del self.loader   # ends its persistent workers
         self.log(f'done: best mAP@0.5:0.95 {self.best_score:.4f} at epoch {self.best_epoch + 1}; {self.out_dir}')
         return dict(best_map50_95=self.best_score, best_epoch=self.best_epoch + 1, epochs=cfg.epochs,
                     last=self.out_dir / 'last.pt', best=self.out_dir / 'best.pt')
@@ -210,20 +237,19 @@ class _Run:
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
-        self.dataset.set_epoch(epoch)
         indices = epoch_indices(len(self.dataset), self.options.seed, epoch, self.rank, self.world)
         skip = self.skip_batches * self.mini_batch
         self.skip_batches = 0
-        loader = DataLoader(self.dataset, batch_size=self.mini_batch, sampler=indices[skip:],
-                            num_workers=self.workers, collate_fn=collate, pin_memory=self.amp,
-                            drop_last=len(indices) >= 2 * self.mini_batch, worker_init_fn=_ignore_stop_signals)
+        self.sampler.set_epoch(epoch, indices[skip:])
+        with _stop_signals_held():   # the first epoch forks the workers
+            batches_iter = iter(self.loader)
         self.model.train()
         sums, batches, images_seen, bad_in_row, pending = {}, 0, 0, 0, 0
         lr = set_learning_rate(self.optimizer, cfg, epoch, self.optimizer_steps, self.warmup_steps,
                                        self.bias_lr_factor)
         started = time.time()
-        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not self.main, leave=True,
-                   dynamic_ncols=True)
+        bar = tqdm(batches_iter, total=len(self.loader), desc=f'epoch {epoch + 1}/{cfg.epochs}',
+                   disable=not self.main, leave=True, dynamic_ncols=True)
         batch_index = skip // self.mini_batch - 1
         for batch_index, (images, targets) in enumerate(bar, start=skip // self.mini_batch):
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
@@ -300,7 +326,9 @@ class _Run:
         map50 = map50_95 = None
         if self.main and ((epoch + 1) % cfg.eval_interval == 0 or last):
             from utils.evaluator import evaluate
-            result = evaluate(self.eval_model(), cfg)
+            # Held: the evaluator's own workers would die of a stop signal; it takes effect once this epoch is saved.
+            with _stop_signals_held():
+                result = evaluate(self.eval_model(), cfg)
             map50, map50_95 = float(result.map50), float(result.map50_95)
             self.log(f'epoch {epoch + 1}: mAP@0.5 {map50:.4f}  mAP@0.5:0.95 {map50_95:.4f}')
             self.model.train()
