@@ -98,6 +98,32 @@ def has_module(name):
     return importlib.util.find_spec(name) is not None
 
 
+def test_training_layout_gives_the_reference_formulation_outputs_and_gradients():
+    """Training runs channels-last, splits channels through strided views and applies the stem's ReLU after the
+    max-pool (model/shufflenetv2.py). Outputs and every gradient must equal the reference formulation: NCHW,
+    reshape-permute split, ReLU before the pool; BatchNorm in training mode in both. In float64, so that the
+    summation order of the two layouts cannot hide a real difference."""
+    import copy
+    torch.manual_seed(0)
+    model = build_model(make_cfg(width=128, height=96), log=lambda *_: None).train().double()
+    x = torch.rand(4, 3, 96, 128, dtype=torch.float64)
+
+    def run(memory_format, reference_order):
+        m = copy.deepcopy(model).to(memory_format=memory_format)
+        m.backbone.training = not reference_order   # the backbone's own flag picks the stem order; BN still trains
+        outputs = flatten(m(x.contiguous(memory_format=memory_format)))
+        sum((t * torch.linspace(-1, 1, t.numel(), dtype=t.dtype).view(t.shape)).sum() for t in outputs).backward()
+        return outputs, {name: p.grad for name, p in m.named_parameters()}
+
+    outputs, grads = run(torch.channels_last, reference_order=False)
+    ref_outputs, ref_grads = run(torch.contiguous_format, reference_order=True)
+    for out, ref in zip(outputs, ref_outputs):
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-7, atol=1e-9, msg=lambda m: f'{name}: {m}')
+
+
 VARIANTS = [('yolo-fastestv2', 'anchor')] + [(f'leyolo-{v}', head) for v in ('nano', 'small', 'medium', 'large')
                                               for head in ('anchor', 'leyolo')]
 
