@@ -1,7 +1,7 @@
 """Training throughput: images/s of the training step (data loading + augmentation + forward + loss + backward +
 SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, default augmentation.
 
-    python3 bench/train_speed.py [--batches 4] [--device cpu|cuda] [--batch-size 32] [--workers 2]
+    python3 bench/train_speed.py [--batches 6] [--device cpu|cuda] [--batch-size 32] [--workers 2]
                                  [--reference-dir DIR]
 
 Pipelines timed in the same run, on the same images:
@@ -15,8 +15,11 @@ Pipelines timed in the same run, on the same images:
              --reference-dir (github.com/dog-qiuqiu/Yolo-FastestV2 with model/backbone/backbone.pth in place), in a
              child process since both projects have top-level `model` and `utils` packages. Its labels must sit
              beside the images, so the child reads a temporary copy of the split in that layout.
-ours and naive alternate batch by batch; the reference runs between two halves of them; medians are reported, so
-load from other processes hits all alike. The first batch of each (worker start, cudnn autotuning) is not timed.
+Each pipeline runs alone (its data workers are the only ones alive: another pipeline's idle workers would refill
+their queue during its steps), in two rounds of ours, naive, reference, so that load from other processes hits
+all alike. A run is one untimed batch (worker start, cudnn autotuning) and then --batches timed ones, coco128 over
+again as needed (the reference reads a list of it repeated 4 times): well past the loaders' prefetch of 4 batches,
+so the timed batches pay for their augmentation. images/s = images / seconds over all timed batches.
 It prints images/s, the ratios ours/naive and ours/reference, and the peak resident memory.
 """
 from __future__ import annotations
@@ -27,7 +30,6 @@ import dataclasses
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +83,7 @@ print(json.dumps(dict(seconds=seconds[1:], threads=torch.get_num_threads())))
 
 def collate_float32(batch):
     images, targets = collate(batch)
-    return images.float() / 255.0, targets
+    return images.float().contiguous() / 255.0, targets   # NCHW, as most trainers hand batches over
 
 
 def write_split(folder: Path) -> Path:
@@ -94,6 +96,7 @@ def write_split(folder: Path) -> Path:
         lines = [line for line in (label.read_text().splitlines() if label.exists() else []) if line.strip()]
         paths.append(str(link_labelled(image, split, lines)))
     (folder / 'train.txt').write_text('\n'.join(paths) + '\n')
+    (folder / 'train_x4.txt').write_text('\n'.join(paths * 4) + '\n')   # the reference's loader runs through once
     (folder / 'coco.names').write_text('\n'.join(f'class{i}' for i in range(80)) + '\n')
     data = folder / 'coco128.data'
     data.write_text('[name]\nmodel_name=bench\n[train-configure]\nepochs=300\nsteps=150,250\nbatch_size=32\n'
@@ -105,6 +108,8 @@ def write_split(folder: Path) -> Path:
 
 def reference_seconds(reference_dir: Path, data: Path, batch_size: int, workers: int, batches: int) -> list:
     """Seconds per batch of the reference's training step, run in a child process (one untimed warm-up batch)."""
+    data = data.with_name('reference.data')
+    data.write_text(data.with_name('coco128.data').read_text().replace('train.txt', 'train_x4.txt', 1))
     done = subprocess.run([sys.executable, '-c', REFERENCE_STEP, str(data), str(batch_size), str(workers),
                            str(batches)], cwd=reference_dir, env=dict(os.environ, PYTHONPATH=str(reference_dir)),
                           capture_output=True, text=True)
@@ -153,7 +158,7 @@ class Pipeline:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--batches', type=int, default=4, help='timed batches per pipeline (after one warm-up)')
+    parser.add_argument('--batches', type=int, default=8, help='timed batches per run (two runs per pipeline)')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -164,33 +169,31 @@ def main() -> None:
     if args.reference_dir and not (args.reference_dir / 'utils' / 'loss.py').exists():
         raise SystemExit(f'--reference-dir {args.reference_dir}: no utils/loss.py there (a Yolo-FastestV2 checkout?)')
     device = torch.device(args.device)
-    half = max(1, args.batches // 2)
     with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
         cfg = load_config(write_split(Path(tmp)))
         split = load_split(cfg, 'train', verbose=False)
         dataset = TrainDataset(split, cfg, augment=True)
         uncached = TrainDataset(split, dataclasses.replace(cfg, cache='none'), augment=True)
-        if len(dataset) < (half + 1) * args.batch_size:   # the reference's loader reads them once
+        if 4 * len(dataset) < (args.batches + 1) * args.batch_size:   # the reference's loader reads them once
             raise SystemExit(f'{len(dataset)} images: lower --batches or --batch-size')
-        print(f'yolo-fastestv2 352x352, batch {args.batch_size}, {args.workers} workers, {2 * half} timed '
-              f'batches each, device {device} ({torch.get_num_threads()} CPU threads)')
-        ours = Pipeline(cfg, dataset, device, args.batch_size, args.workers, fast=True, batches=2 * half + 1)
-        naive = Pipeline(cfg, uncached, device, args.batch_size, args.workers, fast=False, batches=2 * half + 1)
-        ours.step(), naive.step()   # warm-up: worker start, first allocations, cudnn autotuning
+        print(f'yolo-fastestv2 352x352, batch {args.batch_size}, {args.workers} workers, 2 runs of {args.batches} '
+              f'timed batches each, device {device} ({torch.get_num_threads()} CPU threads)')
         ours_s, naive_s, reference_s = [], [], []
         for _ in range(2):
-            for _ in range(half):
-                ours_s.append(ours.step())
-                naive_s.append(naive.step())
+            for times, data, fast in ((ours_s, dataset, True), (naive_s, uncached, False)):
+                pipeline = Pipeline(cfg, data, device, args.batch_size, args.workers, fast=fast,
+                                    batches=args.batches + 1)
+                pipeline.step()   # warm-up: worker start, first allocations, cudnn autotuning
+                times += [pipeline.step() for _ in range(args.batches)]
+                del pipeline      # ends its workers before the next pipeline runs
             if args.reference_dir and device.type == 'cpu':
                 reference_s += reference_seconds(args.reference_dir, cfg.data_path, args.batch_size, args.workers,
-                                                 half)
-        del ours, naive   # shuts the workers down, so their peak memory is counted below
-    rate = {name: args.batch_size / statistics.median(times)
+                                                 args.batches)
+    rate = {name: args.batch_size * len(times) / sum(times)
             for name, times in (('ours', ours_s), ('naive', naive_s), ('reference', reference_s)) if times}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f'ours     : {rate["ours"]:7.2f} images/s (median {statistics.median(ours_s):.2f} s per batch)')
+    print(f'ours     : {rate["ours"]:7.2f} images/s ({sum(ours_s) / len(ours_s):.2f} s per batch)')
     print(f'naive    : {rate["naive"]:7.2f} images/s (float32 NCHW batches, no cache / AMP / pinning / cudnn.benchmark)')
     if 'reference' in rate:
         print(f'reference: {rate["reference"]:7.2f} images/s (Yolo-FastestV2\'s train.py step, contrast/brightness '

@@ -29,7 +29,7 @@ class Detector(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if x.dtype == torch.uint8:
-            x = x.float() / 255.0
+            x = x / 255.0   # to float32 in one pass
         features = self.neck(self.backbone(x))
         if len(features) != len(self.spec.strides):
             raise RuntimeError(f'the neck gave {len(features)} feature maps but the spec has strides '

@@ -77,8 +77,8 @@ class TrainDataset(Dataset):
             if rng.random() < self.flip_prob:
                 image, boxes = flip_lr(image, boxes)
         labels = px_to_labels(classes, boxes, self.width, self.height)
-        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-        return torch.from_numpy(chw), torch.from_numpy(labels)
+        # (3, H, W) as a view of the HWC pixels: channels-last strides, which collate keeps and the model wants
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(labels)
 
 
 class EpochSampler(Sampler):
@@ -99,8 +99,9 @@ class EpochSampler(Sampler):
 
 
 def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(image (3,H,W) uint8, labels (n,5))] -> (images uint8 (N,3,H,W), targets (M,6) [image, class, cx, cy, w, h])."""
-    images = torch.stack([image for image, _ in batch])
+    """[(image (3,H,W) uint8, labels (n,5))] -> (images uint8 (N,3,H,W) channels-last, targets (M,6)
+    [image, class, cx, cy, w, h])."""
+    images = torch.stack([image.permute(1, 2, 0) for image, _ in batch]).permute(0, 3, 1, 2)   # NHWC memory
     targets = [torch.cat([torch.full((len(labels), 1), float(i)), labels], dim=1)
                for i, (_, labels) in enumerate(batch)]
     return images, torch.cat(targets) if targets else torch.zeros((0, 6))
