@@ -435,6 +435,12 @@ def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_p
     int8_out = NcnnRuntime(tmp_path / 'm-int8.param')(batch)
     for a, b in zip(fp32_out, int8_out):
         assert 0 < np.abs(a - b).max() <= TOLERANCE_OF_RANGE * np.abs(a).max()
+    # --fp16-kept: the layers left fp32 keep half their weight bytes; outputs stay as close
+    int8_bytes = (tmp_path / 'm-int8.bin').stat().st_size
+    quantize_with_config(tmp_path / 'm.param', cfg, calib_images=8, fp16_kept=True, log=lambda *_: None)
+    assert (tmp_path / 'm-int8.bin').stat().st_size < int8_bytes
+    for a, b in zip(fp32_out, NcnnRuntime(tmp_path / 'm-int8.param')(batch)):
+        assert np.abs(a - b).max() <= TOLERANCE_OF_RANGE * np.abs(a).max()
     with pytest.raises(ValueError, match='x.data: INT8 calibration reads images of the "train" split'):
         quantize_with_config(tmp_path / 'm.param', Config(data_path=tmp_path / 'x.data'), calib_images=8)
 

@@ -223,7 +223,7 @@ def calibration_sample(image_paths: list, count: int) -> list:
 
 
 def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', depthwise_fp32: bool = True,
-                         ends_fp32: bool = True, log=print) -> Int8Report:
+                         ends_fp32: bool = True, fp16_kept: bool = False, log=print) -> Int8Report:
     """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export.py) on N
     images of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
     from utils.dataset import load_split
@@ -239,6 +239,6 @@ def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse'
     out_param, out_bin = int8_paths(param_path)
     report = quantize_ncnn(param_path, Path(param_path).with_suffix('.bin'), images, cfg.width, cfg.height,
                            cfg.letterbox, out_param, out_bin, method=method, depthwise_fp32=depthwise_fp32,
-                           ends_fp32=ends_fp32)
+                           ends_fp32=ends_fp32, fp16_kept=fp16_kept)
     log(report.summary())
     return report
