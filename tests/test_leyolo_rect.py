@@ -83,6 +83,16 @@ def test_a_drawn_square_is_found_again_in_original_pixels(tmp_path):
             assert np.abs(found - squares[index]).max() <= 1 / min(info.ratio_x, info.ratio_y) + 0.5, (index, found)
 
 
+def test_an_image_whose_header_lied_is_shrunk_into_its_batch_with_a_warning(tmp_path):
+    path = tmp_path / 'tall.png'
+    cv2.imwrite(str(path), np.full((500, 200, 3), 60, np.uint8))
+    plan = plan_batches([(500, 200)], side=320, stride=32, batch_size=1)   # planned landscape, decodes portrait
+    with pytest.warns(UserWarning, match=r'tall\.png: decodes to 200x500'):
+        tensor, info, _ = RectEvalDataset(PathSplit([path]), plan, side=320)[0]
+    height, width = plan[0][1]
+    assert tuple(tensor.shape) == (3, height, width) and info.ratio_y * 500 <= height
+
+
 def test_multi_label_nms_keeps_a_box_for_each_class():
     boxes = np.array([[[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]]], np.float32)
     scores = np.array([[[0.9, 0.6], [0.8, 0.0], [0.0, 0.005]]], np.float32)

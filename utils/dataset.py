@@ -357,6 +357,11 @@ def read_image(path) -> np.ndarray:
     return image
 
 
+def to_chw_tensor(image_hwc: np.ndarray) -> torch.Tensor:
+    """An HWC uint8 image as a contiguous CHW tensor, the evaluation datasets' item."""
+    return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
+
+
 class EvalDataset(torch.utils.data.Dataset):
     """Images of a split resized for the network, for evaluation: yields (uint8 CHW BGR tensor, ResizeInfo, index)."""
 
@@ -369,7 +374,7 @@ class EvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image, info = resize_image(read_image(self.split.image_paths[index]), self.width, self.height, self.letterbox)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), info, index
+        return to_chw_tensor(image), info, index
 
 
 def collate_eval(batch: list):

@@ -14,7 +14,8 @@ The square letterbox (utils/preprocess.py) pads every image to width x height. R
    With pad 0.5 even the long side gets half a stride of padding (side 320 -> 352).
 3. Each image: the long side resized to `side` and the short side rounded up (at most `side`), INTER_LINEAR; then
    centred in its batch's shape with grey (114) padding, split as the square letterbox splits it. An image that
-   would not fit (a header size that disagrees with the decoded image) is shrunk to fit, never enlarged.
+   would not fit (a header size that disagrees with the decoded image) is shrunk to fit, never enlarged, with a
+   warning that names the file.
 
 Ultralytics' `val` uses pad 0.5 and, for the LeYOLO figures, batch 32: the batch size changes the shapes, and so
 the mAP (slightly). Boxes go back with per-axis ratios (new size / original size): exact, where Ultralytics
@@ -23,12 +24,13 @@ divides both axes by the height ratio.
 from __future__ import annotations
 
 import math
+import warnings
 
 import cv2
 import numpy as np
 import torch
 
-from utils.dataset import read_image
+from utils.dataset import read_image, to_chw_tensor
 from utils.preprocess import ResizeInfo, pad_centred
 
 RECT_PAD = 0.5          # strides of padding beyond the tightest shape (Ultralytics' val)
@@ -119,9 +121,14 @@ class RectEvalDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
-        original = read_image(self.split.image_paths[index])
+        path = self.split.image_paths[index]
+        original = read_image(path)
         h0, w0 = original.shape[:2]
         height, width = self.shape_of[index]
-        image, (left, top, w, h) = pad_into(resize_long_side(original, self.side), width, height)
+        resized = resize_long_side(original, self.side)
+        if resized.shape[0] > height or resized.shape[1] > width:
+            warnings.warn(f'{path}: decodes to {w0}x{h0}, which its header did not say when the batches were '
+                          f'planned; shrunk to fit its batch\'s {width}x{height} input')
+        image, (left, top, w, h) = pad_into(resized, width, height)
         info = ResizeInfo(w / w0, h / h0, float(left), float(top), w0, h0)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), info, index
+        return to_chw_tensor(image), info, index
