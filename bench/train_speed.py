@@ -1,15 +1,15 @@
 """Training throughput: images/s of the training step (data loading + augmentation + forward + loss + backward +
 SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, default augmentation.
 
-    python3 bench/train_speed.py [--batches 6] [--device cpu|cuda] [--batch-size 32] [--workers 2]
+    python3 bench/train_speed.py [--batches 8] [--device cpu|cuda] [--batch-size 32] [--workers 2]
                                  [--reference-dir DIR]
 
 Pipelines timed in the same run, on the same images:
-  ours       what utils/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 batches (4x less to
-             move from workers and to the device), channels-last activations, decoded images cached in RAM
-             (`cache = auto`: coco128 fits), pinned memory + AMP + cudnn.benchmark on CUDA;
+  ours       what utils/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
+             less to move from workers and to the device, no layout copy), channels-last activations, decoded
+             images cached in RAM (`cache = auto`: coco128 fits), pinned memory + AMP + cudnn.benchmark on CUDA;
   naive      the same model, loss and augmentation with float32 0..1 NCHW batches, images decoded every time,
-             and none of the above;
+             and none of the above (the model's own training path, e.g. the stem's ReLU after its pool, it keeps);
   reference  Yolo-FastestV2's own training step (its TensorDataset with its only augmentation, contrast and
              brightness; its Detector, compute_loss and SGD), run from a checkout of its code given by
              --reference-dir (github.com/dog-qiuqiu/Yolo-FastestV2 with model/backbone/backbone.pth in place), in a

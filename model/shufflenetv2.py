@@ -21,11 +21,12 @@ def split_channels_interleaved(x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """Channel shuffle and split in one step: even channels go to the first half, odd ones to the second.
 
     This is how the reference implementation mixes the two branches of the previous block before the next one.
-    NCHW (inference, export) takes the reference's reshape-permute, which ONNX and NCNN know as a channel
-    shuffle; channels-last (training) takes strided views, since the reshape would turn the tensor back to NCHW
-    and every layer after it would pay for layout conversions.
+    Channels-last tensors (training; the torch runtime's inference) take strided views, since the reference's
+    reshape-permute would turn the tensor back to NCHW and every layer after it would pay for layout conversions.
+    NCHW tensors, and every export (traced), take the reshape-permute, which ONNX and NCNN know as a channel
+    shuffle. Both give the same values.
     """
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():
         return _InterleavedSplitNHWC.apply(x)
     n, c, h, w = x.shape
     x = x.reshape(n * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, n, c // 2, h, w)

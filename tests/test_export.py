@@ -179,6 +179,20 @@ def test_non_square_input_and_other_classes_export(tmp_path):
     assert [d.shape for d in report.diffs if d.backend == 'ncnn'] == [(1, 12, 20, 18), (1, 6, 10, 18)]
 
 
+def test_a_channels_last_model_exports_the_same_graph(tmp_path):
+    """The trainer's model lives channels-last, where ShuffleNetV2 splits channels through strided views; an export
+    of it (say, of the EMA mid-training) must still write the reshape-permute channel shuffle NCNN knows."""
+    import onnx
+    from utils.export import export_onnx
+    cfg = load_config(write_data_file(tmp_path, classes=3, width=128, height=96))
+    model = build_model(cfg, log=lambda *_: None)
+    op_types = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        path = export_onnx(model.to(memory_format=memory_format), tmp_path / 'm.onnx', 128, 96, simplify=False)
+        op_types.append([node.op_type for node in onnx.load(str(path)).graph.node])
+    assert op_types[0] == op_types[1] and 'Reshape' in op_types[0]
+
+
 def test_check_fails_when_the_export_is_not_the_model(released_export, tmp_path):
     """The check must be able to fail: compare the released export with a model whose weights moved slightly."""
     cfg = released_export['cfg']

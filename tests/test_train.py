@@ -112,8 +112,27 @@ def test_train_dataset_items_cache_and_mosaic_switch(dataset):
     assert not plain.mosaic_active(7)             # the last 3 of 10 epochs: whole images only
     images, targets = collate([plain[7, 0], plain[7, 1], plain[7, 2]])
     assert images.shape == (3, 3, SIZE, SIZE) and images.dtype == torch.uint8
+    assert images.is_contiguous(memory_format=torch.channels_last)   # the model's layout, no copy on the way
     assert targets.shape[1] == 6 and set(targets[:, 0].tolist()) <= {0.0, 1.0, 2.0}
     assert len(targets) == sum(len(plain[7, i][1]) for i in range(3))
+
+
+def test_a_persistent_worker_serves_each_epoch_its_own_augmentation(dataset):
+    """The trainer's loader keeps its workers across epochs; the epoch reaches them through the sampler. Every batch
+    must equal the items made directly for its epoch (mosaic on at epoch 0, off at epoch 8)."""
+    from torch.utils.data import DataLoader
+    from utils.dataset import load_split
+    from utils.train_data import EpochSampler, TrainDataset, collate
+    cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, **FAST)
+    data = TrainDataset(load_split(cfg, 'train', verbose=False), cfg)
+    sampler = EpochSampler()
+    loader = DataLoader(data, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True,
+                        collate_fn=collate)
+    for epoch in (0, 8):
+        sampler.set_epoch(epoch, [5, 1, 7, 3])
+        (images, targets), = list(loader)
+        expected_images, expected_targets = collate([data[epoch, i] for i in (5, 1, 7, 3)])
+        assert torch.equal(images, expected_images) and torch.equal(targets, expected_targets), epoch
 
 
 def test_cache_auto_keeps_images_in_ram_only_within_the_budget(dataset, monkeypatch):
@@ -137,11 +156,12 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     from utils.evaluator import evaluate
     from utils.trainer import TrainOptions, train
     # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 22 epochs of 12 steps. Short runs
-    # vary with the seed and the float summation order: mAP@0.5 after 15 epochs spread over 0.034-0.110 across
-    # seeds and memory formats, after 22 over 0.071-0.143 (measured), so 22 keeps the bar clear of chance.
+    # vary with the seed and the float summation order (another CPU is another draw): mAP@0.5 at seeds 0-3 was
+    # 0.071 / 0.143 / 0.143 / 0.087 at lr 0.001 and 0.091 / 0.135 / 0.115 / 0.153 at lr 0.003 (measured), so lr
+    # 0.003 keeps the bar further from chance.
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
     cfg = load_config(dataset, epochs=22, eval_interval=22, steps=(19,), close_mosaic=4, backbone_weights=backbone,
-                      learning_rate=0.001, **FAST)
+                      learning_rate=0.003, **FAST)
     torch.manual_seed(0)
     untrained = evaluate(build_model(cfg, log=lambda s: None).eval(), cfg, progress=False)
     (tmp_path / 'results.csv').write_text('epoch,lr\n1,0.5\n')   # an earlier run's record in the same folder
@@ -149,7 +169,7 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     assert (tmp_path / 'results.previous.csv').read_text() == 'epoch,lr\n1,0.5\n'
     trained = evaluate(load_trained(cfg, tmp_path / 'best.pt'), cfg, progress=False)
     print(f'mAP@0.5 untrained {untrained.map50:.4f}, trained {trained.map50:.4f}')
-    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.071
+    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.091
     assert report['best_map50_95'] == pytest.approx(trained.map50_95, abs=1e-6)
     assert results_epochs(tmp_path) == list(range(1, 23))
     assert (tmp_path / 'results.png').stat().st_size > 1000
@@ -165,7 +185,8 @@ def load_trained(cfg, path):
 
 def test_a_stop_signal_while_workers_start_neither_kills_them_nor_gets_lost():
     """The race CI hit: SIGTERM to the process group just as a DataLoader worker was forked, before its init made it
-    ignore the signal (torch's worker re-raises a SIGTERM not from its parent with the default action: death)."""
+    ignore the signal (torch's worker re-raises a SIGTERM not from its parent with the default action: death).
+    The main process may get it at once (through another thread) or on release, but gets it once."""
     from utils.trainer import _ignore_stop_signals, _stop_signals_held
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
@@ -178,8 +199,7 @@ def test_a_stop_signal_while_workers_start_neither_kills_them_nor_gets_lost():
                 _ignore_stop_signals(0)
                 os._exit(7)
             os.kill(os.getpid(), signal.SIGTERM)
-            assert received == []                     # held back from the main process too ...
-        assert received == [signal.SIGTERM]           # ... and delivered once the workers are up
+        assert received == [signal.SIGTERM]
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, f'the worker died: status {status}'
     finally:

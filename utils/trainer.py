@@ -102,14 +102,19 @@ def _ignore_stop_signals(_worker_id):
     # workers must keep serving batches while the main process saves (the DataLoader ends them afterwards).
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)   # also discards one that arrived while held (below)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 @contextmanager
 def _stop_signals_held():
-    """Hold SIGINT / SIGTERM back while DataLoader workers are forked: one sent to the process group in that window
-    would kill a new worker before `_ignore_stop_signals` runs in it (seen in CI). The main process gets it on
-    release; a worker inherits the mask and drops it."""
+    """Fork DataLoader workers inside this: they start with SIGINT / SIGTERM blocked (a child inherits the forking
+    thread's mask), so one sent to the process group before `_ignore_stop_signals` runs in a new worker cannot kill
+    it (seen in CI: torch's worker re-raises a SIGTERM from anyone but its parent with the default action). The
+    main process still gets the signal: at once through another of its threads (OpenMP's), else on release."""
+    if not hasattr(signal, 'pthread_sigmask'):   # Windows: no masks (and spawned workers, no fork window)
+        yield
+        return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
@@ -183,7 +188,8 @@ class _Run:
         self.loader = DataLoader(self.dataset, batch_size=self.mini_batch, sampler=self.sampler,
                                  num_workers=self.workers, persistent_workers=self.workers > 0,
                                  collate_fn=collate, pin_memory=self.amp, drop_last=shard >= 2 * self.mini_batch,
-                                 worker_init_fn=_ignore_stop_signals, generator=torch.Generator())
+                                 worker_init_fn=_ignore_stop_signals,
+                                 generator=torch.Generator())   # its own: a loader never draws from the global RNG
         per_epoch = shard // self.mini_batch
         self.steps_per_epoch = max(1, -(-max(per_epoch, 1) // cfg.subdivisions))
         self.warmup_steps = warmup_steps_for(cfg, self.steps_per_epoch)
@@ -201,7 +207,7 @@ class _Run:
 
         if self.start_epoch >= cfg.epochs:
             self.log(f'{options.resume} already finished its {cfg.epochs} epochs (--epochs N to train longer)')
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._train_epoch(epoch)
@@ -211,7 +217,7 @@ class _Run:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            del self.loader   # ends its persistent workers
+            del self.loader   # its persistent workers end with it (after a traceback, once that is dropped)
         self.log(f'done: best mAP@0.5:0.95 {self.best_score:.4f} at epoch {self.best_epoch + 1}; {self.out_dir}')
         return dict(best_map50_95=self.best_score, best_epoch=self.best_epoch + 1, epochs=cfg.epochs,
                     last=self.out_dir / 'last.pt', best=self.out_dir / 'best.pt')
