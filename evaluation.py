@@ -15,9 +15,9 @@ import sys
 import torch
 
 from utils.config import ConfigError, load_config
-from utils.dataset import DatasetError
+from utils.data.dataset import DatasetError
+from utils.data.rect_batches import RECT_BATCH_SIZE
 from utils.evaluator import evaluate
-from utils.rect_batches import RECT_BATCH_SIZE
 from utils.runtimes import BACKENDS, load_runtime
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print(f'error: --batch-size must be 1 or more, got {args.batch_size}', file=sys.stderr)
         return 1
-    if args.rect and args.backend != 'torch':   # before loading anything (utils.evaluator.check_rect says it too)
+    if args.rect and args.backend != 'torch':   # before loading anything (utils.evaluator.evaluator.check_rect says it too)
         print(f'error: --rect changes the input shape from batch to batch; the {args.backend} backend runs a graph '
               f'with a fixed input shape: use --backend torch with the .pth, or leave out --rect', file=sys.stderr)
         return 1

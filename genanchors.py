@@ -17,10 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.anchors import anchor_fitness, format_anchors, kmeans_anchors, read_box_sizes, update_data_file, \
-    write_anchor_file
 from utils.config import ConfigError, load_config, read_data_file
-from utils.dataset import DatasetError
+from utils.data.anchors import (
+    anchor_fitness,
+    format_anchors,
+    kmeans_anchors,
+    read_box_sizes,
+    update_data_file,
+    write_anchor_file,
+)
+from utils.data.dataset import DatasetError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

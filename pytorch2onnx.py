@@ -18,7 +18,7 @@ import torch
 from model.build import build_model
 from model.weights import WeightsError, load_weights
 from utils.config import ConfigError, load_config
-from utils.export import (DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, ExportError, check_export, export_all)
+from utils.export.ncnn_export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, ExportError, check_export, export_all
 from utils.preprocess import resize_image, to_input_tensor
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / 'shared' / 'images' / 'bus.jpg'
@@ -106,7 +106,7 @@ def main():
     if not report.ok:
         sys.exit(1)
     if args.int8:
-        from utils.int8 import quantize_with_config
+        from utils.int8.quantize import quantize_with_config
         try:
             quantize_with_config(paths['param'], cfg, args.calib_images, method=args.calib_method,
                                  depthwise_fp32=not args.int8_all, ends_fp32=not args.int8_all,

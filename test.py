@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from utils.config import ConfigError, load_config
-from utils.dataset import DatasetError, read_image
-from utils.plots import draw_detections
+from utils.data.dataset import DatasetError, read_image
+from utils.evaluator.plots import draw_detections
 from utils.postprocess import postprocess
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
 from utils.runtimes import BACKENDS, load_runtime

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, load_config
-from utils.trainer import TrainingInterrupted, TrainOptions, train
+from utils.train.checkpoint import load_checkpoint
+from utils.train.trainer import TrainingInterrupted, TrainOptions, train
 
 
 def parse_args():

@@ -3,7 +3,7 @@
     .venv/bin/python bench/anchors.py [--boxes 860000] [--baseline-boxes 20000]
 
 The boxes are drawn from coco128's train2017 boxes (each a random coco128 box, jittered by +-10 % in width and
-height), so the distribution matches COCO's while the data set stays small. Prints the time of utils.anchors for
+height), so the distribution matches COCO's while the data set stays small. Prints the time of utils.data.anchors for
 k = 6 and k = 9 (target: under 5 s each on 2 cores) and, as the baseline measured in the same run, Yolo-FastestV2's
 pure-Python k-means (one random start, a Python loop over boxes and anchors per iteration) on `--baseline-boxes`
 boxes, its time extrapolated linearly to the full set (its cost per iteration is proportional to boxes x anchors).
@@ -17,7 +17,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from utils.anchors import kmeans_anchors, mean_best_iou, read_box_sizes  # noqa: E402
+from utils.data.anchors import kmeans_anchors, mean_best_iou, read_box_sizes  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128' / 'images' / 'train2017'
 
@@ -65,7 +65,7 @@ def main() -> None:
         started = time.perf_counter()
         anchors, mean_iou = kmeans_anchors(boxes, k)
         ours[k] = time.perf_counter() - started
-        print(f'utils.anchors k={k}: {ours[k]:.2f} s (10 restarts), mean IoU {mean_iou:.4f}, anchors at 352 px: '
+        print(f'utils.data.anchors k={k}: {ours[k]:.2f} s (10 restarts), mean IoU {mean_iou:.4f}, anchors at 352 px: '
               f'{", ".join(f"{w:.0f}x{h:.0f}" for w, h in anchors * 352)}')
 
     small = boxes[:args.baseline_boxes]
@@ -76,7 +76,7 @@ def main() -> None:
         estimate = baseline * len(boxes) / len(small)
         print(f'baseline (pure Python, Yolo-FastestV2 style) k={k} on {len(small)} boxes: {baseline:.1f} s, '
               f'{iterations} iterations, mean IoU {mean_best_iou(small, centres):.4f}; '
-              f'extrapolated to {len(boxes)} boxes: {estimate:.0f} s -> utils.anchors is {estimate / ours[k]:.0f}x '
+              f'extrapolated to {len(boxes)} boxes: {estimate:.0f} s -> utils.data.anchors is {estimate / ours[k]:.0f}x '
               f'faster (with 10 restarts to its 1)')
 
 

@@ -5,7 +5,7 @@
     .venv/bin/python bench/finetune.py --epochs 3 --lr 0.0001 --warmup-epochs 0 --out runs/ft
 
 Writes a .data for coco128 (train = ../shared/datasets/coco128/images/train2017, val = .../val2017, names =
-data/coco.names), scores the released weights on val2017 with utils.evaluator.evaluate (pycocotools), fine-tunes
+data/coco.names), scores the released weights on val2017 with utils.evaluator.evaluator.evaluate (pycocotools), fine-tunes
 through the trainer API as `train.py --weights <released>` does, scores the trained model (the EMA of last.pt,
 what the trainer itself evaluates and exports) and prints both with their ratio. The baseline is the released
 model measured in the same run.
@@ -37,9 +37,9 @@ SHARED = REPO.parent / 'shared'
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from person_dataset import link_labelled, person_boxes  # noqa: E402  (bench/, beside this file)
 
 from utils.config import YFV2_COCO_ANCHORS_352, load_config  # noqa: E402
-from person_dataset import link_labelled, person_boxes  # noqa: E402  (bench/, beside this file)
 
 COCO128 = SHARED / 'datasets' / 'coco128'
 # model -> (released weights, head, input side px, letterbox, the metric that must hold)
@@ -102,7 +102,7 @@ def one_class(args, out: Path) -> int:
     from model.build import build_model
     from model.weights import load_weights
     from utils.evaluator import evaluate
-    from utils.trainer import TrainOptions, train
+    from utils.train.trainer import TrainOptions, train
     data = write_person_data(out, args.epochs, args.batch_size, args.lr, args.warmup_epochs, args.workers)
     cfg = load_config(data)
     # the released 80-class model on the same val images, all 80 classes' labels: its class-0 (person) row
@@ -178,7 +178,7 @@ def main() -> int:
 
     from model.build import build_model
     from model.weights import load_weights
-    from utils.trainer import TrainOptions, train, warmup_steps_for
+    from utils.train.trainer import TrainOptions, train, warmup_steps_for
     out = args.out or Path(tempfile.mkdtemp(prefix='finetune_'))
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(write_data(out, args.model, args.epochs, args.batch_size, args.lr, args.warmup_epochs,
@@ -189,7 +189,7 @@ def main() -> int:
     start = score(released, cfg)
     del released
 
-    from utils.dataset import load_split
+    from utils.data.dataset import load_split
     steps_per_epoch = len(load_split(cfg, 'train', verbose=False).image_paths) // cfg.batch_size
     print(f'{args.model}: fine-tuning {weights.name} on coco128 train2017, {cfg.epochs} epochs x '
           f'{steps_per_epoch} steps of {cfg.batch_size} images, learning_rate {cfg.learning_rate}, warmup '

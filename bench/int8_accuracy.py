@@ -5,8 +5,8 @@
     .venv/bin/python bench/int8_accuracy.py --model leyolo-nano          # 320 letterbox
 
 Exports the released weights (../shared/weights: Yolo-FastestV2 or LeYOLO-nano) to fp32 NCNN through the
-project's own export (utils/export.py, pnnx fp16=0), or takes --fp32-param; calibrates INT8 on coco128
-train2017 (N images spread over it) with utils/int8.py; then runs both NCNN models over coco128 val2017 with the
+project's own export (utils/export/ncnn_export.py, pnnx fp16=0), or takes --fp32-param; calibrates INT8 on coco128
+train2017 (N images spread over it) with utils/int8/quantize.py; then runs both NCNN models over coco128 val2017 with the
 same pre-processing, decode and NMS (utils/postprocess.py) and scores them with pycocotools. The baseline is
 the fp32 NCNN model measured in the same run.
 Targets (issue 10): INT8 mAP@0.5 within 1.5 points of fp32, INT8 .bin at most 40% of fp32, and never an empty
@@ -37,9 +37,9 @@ SHARED = REPO.parent / 'shared'
 sys.path.insert(0, str(REPO))
 
 from utils.config import YFV2_COCO_ANCHORS_352, Config  # noqa: E402
-from utils.int8 import calibration_sample, quantize_ncnn  # noqa: E402
-from utils.int8_calibrate import load_ncnn_net, run_blobs  # noqa: E402
-from utils.int8_write import NcnnModel, read_param  # noqa: E402
+from utils.int8.calibrate import load_ncnn_net, run_blobs  # noqa: E402
+from utils.int8.quantize import calibration_sample, quantize_ncnn  # noqa: E402
+from utils.int8.write import NcnnModel, read_param  # noqa: E402
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor  # noqa: E402
 
 COCO128 = SHARED / 'datasets' / 'coco128'
@@ -54,8 +54,9 @@ DEPLOY_CONF, DEPLOY_NMS_IOU = 0.3, 0.4        # test.py's defaults and the sidec
 
 def export_released(cfg, workdir: Path) -> tuple:
     import torch
+
     from model.build import build_model
-    from utils.export import convert_to_ncnn, export_onnx
+    from utils.export.ncnn_export import convert_to_ncnn, export_onnx
     torch.set_num_threads(1)
     model = build_model(cfg, log=lambda *_: None)
     onnx_path = export_onnx(model, workdir / f'{cfg.model}_fp32.onnx', cfg.width, cfg.height)
@@ -144,7 +145,7 @@ def coco_ground_truth(split) -> dict:
 
 def predict_all(param_path, bin_path, int8: bool, split, cfg, spec, conf: float, iou: float) -> list:
     """Per image: (M, 6) [x1, y1, x2, y2, score, class] in original pixels."""
-    from utils.dataset import read_image
+    from utils.data.dataset import read_image
     from utils.postprocess import postprocess
     net = load_ncnn_net(param_path, bin_path, int8=int8)
     model = NcnnModel(param_path, *read_param(param_path))    # blob names only; the weights may be int8
@@ -187,7 +188,7 @@ def main() -> int:
                         "INT8 error from its bias (off by default: measured to lower scores once depthwise is fp32)")
     parser.add_argument('--keep-fp32', nargs='*', default=[], help='layer names to leave in fp32')
     parser.add_argument('--int8-depthwise', action='store_true', help='quantize ConvolutionDepthWise layers too '
-                        '(default: they stay fp32, see utils/int8.py)')
+                        '(default: they stay fp32, see utils/int8/quantize.py)')
     parser.add_argument('--int8-ends', action='store_true', help='quantize the first and the output conv layers '
                         'too (default: they stay fp32)')
     parser.add_argument('--fp16-kept', action='store_true', help='store the weights of the layers left fp32 as '
@@ -207,7 +208,7 @@ def main() -> int:
             return 2
 
     from model.build import make_spec
-    from utils.dataset import load_split
+    from utils.data.dataset import load_split
     cfg = Config(data_path=Path('bench.data'), model=args.model, head=head, classes=80, width=size, height=size,
                  anchors=YFV2_COCO_ANCHORS_352 if head == 'anchor' else (), letterbox=letterbox, pre_weights=weights,
                  train=COCO128 / 'images' / 'train2017', val=COCO128 / 'images' / 'val2017')
@@ -223,7 +224,7 @@ def main() -> int:
         val = load_split(cfg, 'val', verbose=False)
 
         if args.arm is not None:     # the C++ app needs the sidecar; quantize_ncnn copies it beside the INT8 model
-            from utils.export import write_sidecar
+            from utils.export.ncnn_export import write_sidecar
             write_sidecar(fp32_param, spec, [str(i) for i in range(80)], cfg.letterbox)
         start = time.perf_counter()
         report = quantize_ncnn(fp32_param, fp32_bin, calib, cfg.width, cfg.height, cfg.letterbox,
@@ -276,7 +277,7 @@ def main() -> int:
               f'empty results: {len(empty)} (target 0)  '
               f'speed int8/fp32: {rows["int8"][3] / rows["fp32"][3]:.2f}x')
         if args.latency_runs > 0:
-            from utils.int8_calibrate import load_calibration_inputs
+            from utils.int8.calibrate import load_calibration_inputs
             _, chw = next(load_calibration_inputs(val.image_paths[:1], cfg.width, cfg.height, cfg.letterbox))
             ms = latency_ms({'fp32': ((fp32_param, fp32_bin), False),
                              'int8': ((workdir / 'int8.param', workdir / 'int8.bin'), True)},

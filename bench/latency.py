@@ -7,7 +7,7 @@
 Per model and thread count: export (as pytorch2onnx.py does) into a temp folder, warm up, then time batch-1
 inference `--runs` times per backend and print the median and the interquartile range in ms. For yolo-fastestv2 at
 352 the NCNN model Yolo-FastestV2's authors shipped (../shared/weights/yolo-fastestv2/yolo-fastestv2-opt.param) and
-our export without its layer hint (utils/export.py, `add_ncnn_layer_hints`; at more than one thread NcnnRuntime
+our export without its layer hint (utils/export/ncnn_export.py, `add_ncnn_layer_hints`; at more than one thread NcnnRuntime
 clears that hint itself, so both slots then run the same graph) run in the same loop, and the script prints
 ours/reference with a 95 % interval (target <= 1.0). Every NCNN model runs with the same options: fp32
 (fp16 packed/storage/arithmetic off), the same thread count, NCNN's defaults otherwise.
@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from model.build import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.export import export_all, ncnn_blob_names  # noqa: E402
-from utils.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared  # noqa: E402
+from utils.export.ncnn_export import export_all, ncnn_blob_names  # noqa: E402
+from utils.runtimes.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
 SHIPPED_PARAM = SHARED / 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'

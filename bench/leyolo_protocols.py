@@ -3,7 +3,7 @@
     .venv/bin/python bench/leyolo_protocols.py                 # 320 and 640
     .venv/bin/python bench/leyolo_protocols.py --sides 640
 
-Protocols (utils/evaluator.py), all pycocotools, conf 0.001, NMS IoU 0.7, max 300 detections:
+Protocols (utils/evaluator/evaluator.py), all pycocotools, conf 0.001, NMS IoU 0.7, max 300 detections:
     square        square letterbox per image, each box its best class (this project's default)
     square-ml     square letterbox, multi-label NMS
     rect-ml       rectangular batches of 32 (pad 0.5) and multi-label NMS: Ultralytics' val

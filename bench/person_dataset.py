@@ -24,7 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from utils.anchors import format_anchors, kmeans_anchors  # noqa: E402
+from utils.data.anchors import format_anchors, kmeans_anchors  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
 BACKBONE = REPO.parent / 'shared' / 'weights' / 'yolo-fastestv2'

@@ -5,7 +5,7 @@ SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, 
                                  [--reference-dir DIR]
 
 Pipelines timed in the same run, on the same images:
-  ours       what utils/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
+  ours       what utils/train/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
              less to move from workers and to the device, no layout copy), channels-last activations, decoded
              images cached in RAM (`cache = auto`: coco128 fits), pinned memory + AMP + cudnn.benchmark on CUDA;
   naive      the same model, loss and augmentation with float32 0..1 NCHW batches, images decoded every time,
@@ -42,13 +42,14 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from person_dataset import link_labelled  # noqa: E402  (bench/, beside this file)
+
 from model.build import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.dataset import load_split  # noqa: E402
+from utils.data.dataset import load_split  # noqa: E402
+from utils.data.train_data import TrainDataset, collate  # noqa: E402
 from utils.loss import build_loss  # noqa: E402
-from utils.train_data import TrainDataset, collate  # noqa: E402
-from utils.schedule import optimizer_groups  # noqa: E402
-from person_dataset import link_labelled  # noqa: E402  (bench/, beside this file)
+from utils.train.schedule import optimizer_groups  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
 ANCHORS = '12.64,19.39, 37.88,51.48, 55.71,138.31, 126.91,78.23, 131.57,214.55, 279.92,258.87'

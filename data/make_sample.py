@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.anchors import format_anchors, kmeans_anchors  # noqa: E402
+from utils.data.anchors import format_anchors, kmeans_anchors  # noqa: E402
 
 CLASS_NAMES = ('circle', 'square', 'triangle', 'cross')
 NUM_ANCHORS = 6   # yolo-fastestv2: 2 scales x anchor_num 3

@@ -20,7 +20,7 @@ def yolo_fastestv2_body() -> tuple[nn.Module, nn.Module, tuple]:
 
 
 def leyolo_body(variant: str) -> tuple[nn.Module, None, tuple]:
-    from model.leyolo import LeYOLO   # imported here so that Yolo-FastestV2 builds without the LeYOLO files
+    from model.leyolo import LeYOLO  # imported here so that Yolo-FastestV2 builds without the LeYOLO files
     body = LeYOLO(variant)            # backbone and FPAN neck in one module
     return body, None, tuple(body.out_channels)
 

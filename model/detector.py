@@ -3,7 +3,7 @@
 Input: BGR, NCHW, either uint8 0..255 or float 0..1 (uint8 is divided by 255 here, so a training batch can stay
 uint8 until it reaches the device).
 
-Output (see docs/CONTRACT.md):
+Output (see docs/architecture.md):
 * `export = False` (training, loss): the head's raw per-scale tensors, strides ascending;
   anchor head: (reg, obj, cls) logits NCHW; leyolo head: (box, cls).
 * `export = True` (ONNX/NCNN, decode): per scale one NHWC tensor in the deployment layout, made by the head's

@@ -11,7 +11,7 @@ tensors pair up in order, each pair checked for equal shape. The head (fork laye
 `cv2.<scale>` -> `head.box_branches[scale]`, `cv3.<scale>` -> `head.cls_branches[scale]`, `dfl.conv.weight` ->
 `head.dfl_bins`.
 
-The fork's network takes RGB; ours take BGR (docs/CONTRACT.md), so the first conv's input channels are reversed.
+The fork's network takes RGB; ours take BGR (docs/architecture.md), so the first conv's input channels are reversed.
 Tensors are stored in fp16 and are upcast to fp32.
 """
 from __future__ import annotations

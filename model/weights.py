@@ -139,7 +139,7 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
 
 def _load_ultralytics(model: nn.Module, path, parts: tuple, strict: bool) -> dict:
     """LeYOLO's released checkpoint, through the LeYOLO importer; its report in the shape of ours."""
-    from model.leyolo_import import import_leyolo   # only LeYOLO files need it
+    from model.leyolo_import import import_leyolo  # only LeYOLO files need it
     try:
         imported = import_leyolo(model, path, parts=parts)
     except TypeError as error:   # the model is not a LeYOLO

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_path
 
 import genanchors
-from conftest import shared_path
-from utils.anchors import anchor_fitness, iou_wh, kmeans_anchors, mean_best_iou, update_data_file
+from utils.boxes import wh_iou
+from utils.data.anchors import anchor_fitness, kmeans_anchors, mean_best_iou, update_data_file
 
 
 def centred_iou(a, b) -> float:
-    """IoU of two boxes sharing a centre, from their corner coordinates (independent of utils.anchors)."""
+    """IoU of two boxes sharing a centre, from their corner coordinates (independent of utils.data.anchors)."""
     (w1, h1), (w2, h2) = a, b
     ax1, ay1, ax2, ay2 = -w1 / 2, -h1 / 2, w1 / 2, h1 / 2
     bx1, by1, bx2, by2 = -w2 / 2, -h2 / 2, w2 / 2, h2 / 2
@@ -33,11 +34,11 @@ def reference_style_kmeans(boxes_wh: np.ndarray, k: int, seed: int) -> np.ndarra
         previous = assignment
 
 
-def test_iou_wh_matches_corner_geometry():
+def test_wh_iou_matches_corner_geometry():
     rng = np.random.default_rng(0)
     boxes, anchors = rng.uniform(1, 50, (30, 2)), rng.uniform(1, 50, (7, 2))
     expected = np.array([[centred_iou(b, a) for a in anchors] for b in boxes])
-    np.testing.assert_allclose(iou_wh(boxes, anchors), expected, rtol=1e-12)
+    np.testing.assert_allclose(wh_iou(boxes, anchors), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize('k, grid', [(2, 40), (3, 14)])

@@ -3,7 +3,8 @@ alignment = score ** alpha * IoU ** beta (points strictly inside the box, top-k 
 point, soft score = alignment / box's best alignment * box's best IoU)."""
 import torch
 
-from utils.assign import TaskAlignedAssigner, box_iou_xyxy
+from utils.boxes import box_iou
+from utils.loss.assign import TaskAlignedAssigner
 
 STRIDE = 8
 GRID = 4   # a 4x4 grid of stride-8 cells: points at 4, 12, 20, 28 px on each axis
@@ -30,7 +31,7 @@ def assign(pred_boxes, gt_boxes, gt_classes, topk=10, num_classes=3, score=0.5, 
 
 
 def test_iou_by_hand():
-    assert torch.isclose(box_iou_xyxy(torch.tensor([0., 0, 24, 24]), torch.tensor([8., 8, 32, 32])),
+    assert torch.isclose(box_iou(torch.tensor([0., 0, 24, 24]), torch.tensor([8., 8, 32, 32])),
                          torch.tensor(256 / (576 + 576 - 256)))
 
 

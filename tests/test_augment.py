@@ -3,8 +3,17 @@ go through each transform; afterwards each kept box must be covered by its colou
 import numpy as np
 import pytest
 
-from utils.augment import (clip_and_filter, flip_lr, hsv_jitter, labels_to_px, mosaic4, px_to_labels,
-                           random_scale_translate, resize_to_fit, to_input_size)
+from utils.data.augment import (
+    clip_and_filter,
+    flip_lr,
+    hsv_jitter,
+    labels_to_px,
+    mosaic4,
+    px_to_labels,
+    random_scale_translate,
+    resize_to_fit,
+    to_input_size,
+)
 
 COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0), (255, 255, 255),
            (0, 128, 255)]

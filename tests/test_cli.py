@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, shared_path
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from conftest import REPO, shared_path
-from utils.config import load_config
 from test_evaluator import RELEASED_WEIGHTS, write_coco128_data
 from test_postprocess import YFV2_ANCHORS, reference_decode, reference_detections
+
+from utils.config import load_config
 
 DETECTION_LINE = re.compile(r'^(\S+) ([0-9.]+) (-?[0-9.]+) (-?[0-9.]+) (-?[0-9.]+) (-?[0-9.]+)$')
 
@@ -122,7 +122,7 @@ def exported(coco128, tmp_path_factory):
     """The released weights exported by the project's own exporter to ONNX and NCNN (fp32)."""
     from model.build import build_model
     from model.weights import load_weights
-    from utils.export import export_all
+    from utils.export.ncnn_export import export_all
     cfg = load_config(coco128)
     model = build_model(cfg, log=lambda *_: None)
     load_weights(model, shared_path(RELEASED_WEIGHTS))

@@ -5,11 +5,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from utils.config import load_config
-from utils.dataset import (DatasetError, EvalDataset, check_split, collate_eval, label_candidates, list_images,
-                           load_split, read_image)
+from utils.data.dataset import (
+    DatasetError,
+    EvalDataset,
+    check_split,
+    collate_eval,
+    label_candidates,
+    list_images,
+    load_split,
+    read_image,
+)
 from utils.preprocess import resize_image
 
 

@@ -1,4 +1,4 @@
-"""utils/evaluator.py: COCO ground truth, P/R/F1 and the confusion matrix on hand-made cases whose answers are known
+"""utils/evaluator/evaluator.py: COCO ground truth, P/R/F1 and the confusion matrix on hand-made cases whose answers are known
 by construction; the released Yolo-FastestV2 weights on coco128 against the reference's pycocotools numbers."""
 from pathlib import Path
 
@@ -6,12 +6,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, shared_path
+
 from model.spec import HeadSpec
 from utils.config import load_config
-from utils.evaluator import (best_f1, coco_detections, coco_ground_truth, confusion_matrix, evaluate,
-                             pooled_matches, precision_recall_f1, run_cocoeval)
+from utils.evaluator.evaluator import (
+    best_f1,
+    coco_detections,
+    coco_ground_truth,
+    confusion_matrix,
+    evaluate,
+    pooled_matches,
+    precision_recall_f1,
+    run_cocoeval,
+)
 
 RELEASED_WEIGHTS = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
 YFV2_ANCHORS = '12.64,19.39, 37.88,51.48, 55.71,138.31, 126.91,78.23, 131.57,214.55, 279.92,258.87'

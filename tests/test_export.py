@@ -10,16 +10,23 @@ import ncnn
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, shared_path
+
 from model.build import build_model
 from model.weights import load_weights
 from utils.config import load_config
-from utils.export import (TOLERANCES, add_ncnn_layer_hints, check_export, export_all, run_onnxruntime, run_opencv,
-                          run_torch)
-from utils.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared
+from utils.export.ncnn_export import (
+    TOLERANCES,
+    add_ncnn_layer_hints,
+    check_export,
+    export_all,
+    run_onnxruntime,
+    run_opencv,
+    run_torch,
+)
 from utils.postprocess import postprocess
 from utils.preprocess import resize_image, to_input_tensor
+from utils.runtimes.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared
 
 RELEASED = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
 SHIPPED_PARAM = 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'
@@ -136,7 +143,7 @@ def hinted_layers(param_path):
 
 
 def test_stem_hint_changes_the_kernel_not_the_outputs(released_export, tmp_path):
-    """The layer hint (no im2col + GEMM for the stem, utils/export.py) sits on the stem alone and the NCNN outputs
+    """The layer hint (no im2col + GEMM for the stem, utils/export/ncnn_export.py) sits on the stem alone and the NCNN outputs
     with and without it equal each other and PyTorch's."""
     param = released_export['param']
     hinted = hinted_layers(param)
@@ -183,7 +190,8 @@ def test_a_channels_last_model_exports_the_same_graph(tmp_path):
     """The trainer's model lives channels-last, where ShuffleNetV2 splits channels through strided views; an export
     of it (say, of the EMA mid-training) must still write the reshape-permute channel shuffle NCNN knows."""
     import onnx
-    from utils.export import export_onnx
+
+    from utils.export.ncnn_export import export_onnx
     cfg = load_config(write_data_file(tmp_path, classes=3, width=128, height=96))
     model = build_model(cfg, log=lambda *_: None)
     op_types = []

@@ -19,11 +19,28 @@ import torch
 from torch import nn
 
 from tests.conftest import shared_path
-from utils.int8 import end_layers, layer_weight_scales, quantize_ncnn
-from utils.int8_calibrate import (HISTOGRAM_BINS, KL_EPS, TARGET_BINS, kl_threshold_bin, layer_function,
-                                  load_calibration_inputs, load_ncnn_net, round_half_away, run_blobs)
-from utils.int8_write import (TAG_INT8, LayerScales, NcnnModel, NcnnModelError, quantize_to_int8,
-                              read_ncnn_model, read_param, write_int8_model)
+from utils.int8.calibrate import (
+    HISTOGRAM_BINS,
+    KL_EPS,
+    TARGET_BINS,
+    kl_threshold_bin,
+    layer_function,
+    load_calibration_inputs,
+    load_ncnn_net,
+    round_half_away,
+    run_blobs,
+)
+from utils.int8.quantize import end_layers, layer_weight_scales, quantize_ncnn
+from utils.int8.write import (
+    TAG_INT8,
+    LayerScales,
+    NcnnModel,
+    NcnnModelError,
+    quantize_to_int8,
+    read_ncnn_model,
+    read_param,
+    write_int8_model,
+)
 
 SIZE = 64
 # max |int8 - fp32| allowed per output, as a fraction of that output's largest |fp32| value. Measured on this
@@ -419,10 +436,10 @@ def box_iou(box, boxes):
 
 
 def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_path):
-    """The pytorch2onnx.py path: X.param/.bin/.json + a Config -> X-int8.*, run through utils/ncnn_runtime.py."""
+    """The pytorch2onnx.py path: X.param/.bin/.json + a Config -> X-int8.*, run through utils/runtimes/ncnn_runtime.py."""
     from utils.config import Config
-    from utils.int8 import int8_paths, quantize_with_config
-    from utils.ncnn_runtime import NcnnRuntime
+    from utils.int8.quantize import int8_paths, quantize_with_config
+    from utils.runtimes.ncnn_runtime import NcnnRuntime
     for suffix in ('.param', '.bin'):
         shutil.copyfile(tiny['param'].with_suffix(suffix), tmp_path / f'm{suffix}')
     (tmp_path / 'm.json').write_text('{"input_blob": "in0", "output_blobs": ["out0", "out1"]}')

@@ -4,8 +4,8 @@ import collections
 
 import pytest
 import torch
-
 from conftest import shared_path
+
 from model.detector import Detector
 from model.leyolo import ConvBnAct, LeYOLO
 from model.leyolo_head import LeYOLOHead
@@ -241,16 +241,17 @@ def write_person_dataset(folder, train_images: int, val_images: int):
 
 
 def test_one_class_fine_tune_from_the_released_weights(tmp_path, nano_imported):
-    """As a user would: a one-class .data naming LeYOLONano.pt as pre_weights, trained by utils.trainer. The body,
+    """As a user would: a one-class .data naming LeYOLONano.pt as pre_weights, trained by utils.train.trainer. The body,
     the box branches and the hidden class layers are the checkpoint's (compared with the 80-class import, which
     reproduces the fork's outputs above); the class layers are new, with 1 output. Four SGD steps on 16 images
     then lift person AP on coco128 val well above that of the untrained class layers (measured: mAP@0.5 0.041 ->
     0.358, mAP@0.5:0.95 0.031 -> 0.176; 35 s on one quiet thread, 60 s on the loaded machine)."""
     import csv
+
     from model.build import build_model
     from utils.config import load_config
     from utils.evaluator import evaluate
-    from utils.trainer import TrainOptions, train
+    from utils.train.trainer import TrainOptions, train
 
     torch.set_num_threads(1)
     train_folder, val_folder = write_person_dataset(tmp_path, train_images=16, val_images=48)

@@ -1,4 +1,4 @@
-"""Rectangular-batch evaluation (utils/rect_batches.py) and multi-label NMS: batch shapes worked out by hand, a
+"""Rectangular-batch evaluation (utils/data/rect_batches.py) and multi-label NMS: batch shapes worked out by hand, a
 drawn square found again in original pixels, and LeYOLONano.pt on coco128 val2017 against Ultralytics' own
 validation figures at 320 (../shared/notes/leyolo.md section 9). The 640 figure is bench/leyolo_protocols.py's
 (about a minute of CPU: too slow for the suite)."""
@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, shared_path
+
 from model.spec import HeadSpec
 from utils.config import load_config
-from utils.evaluator import evaluate, predict_split
+from utils.data.rect_batches import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
+from utils.evaluator.evaluator import evaluate, predict_split
 from utils.postprocess import nms
 from utils.preprocess import boxes_to_original
-from utils.rect_batches import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
 
 NANO_WEIGHTS = 'weights/leyolo/LeYOLONano.pt'
 VAL_IMAGES = 'datasets/coco128/images/val2017'

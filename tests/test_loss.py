@@ -1,6 +1,5 @@
 """The anchor-head loss: hand-worked matching, CIoU against hand values, and a perfect prediction (built by
 inverting the decode that utils/postprocess.py uses) scoring far below a random one."""
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +7,9 @@ import pytest
 import torch
 
 from model.spec import HeadSpec
-from utils.loss import AnchorLoss, build_loss, ciou, match_targets
+from utils.boxes import ciou
+from utils.loss import build_loss
+from utils.loss.anchor import AnchorLoss, match_targets
 from utils.postprocess import decode
 
 torch.manual_seed(0)
@@ -136,6 +137,6 @@ def test_class_beyond_the_model_is_a_clear_error():
 
 
 def test_build_loss_dispatches_on_the_head_kind():
-    loss_leyolo = pytest.importorskip('utils.loss_leyolo')
+    loss_leyolo = pytest.importorskip('utils.loss.leyolo')
     spec = HeadSpec(kind='leyolo', strides=(8, 16, 32), num_classes=3, input_width=64, input_height=64)
     assert isinstance(build_loss(SimpleNamespace(spec=spec), cfg=None), loss_leyolo.LeYOLOLoss)

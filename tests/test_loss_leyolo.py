@@ -9,8 +9,8 @@ from model.detector import Detector
 from model.leyolo import LeYOLO
 from model.leyolo_head import LeYOLOHead
 from model.spec import HeadSpec
-from utils.loss import build_loss as build_any_loss
-from utils.loss_leyolo import LeYOLOLoss, build_loss, distribution_focal_loss
+from utils.loss import build_loss
+from utils.loss.leyolo import LeYOLOLoss, distribution_focal_loss
 from utils.postprocess import postprocess
 
 SIDE = 64                    # input pixels: grids 8x8, 4x4, 2x2
@@ -40,7 +40,7 @@ def test_distribution_focal_loss_by_hand():
 def test_build_loss_is_picked_for_the_leyolo_head():
     body = LeYOLO('nano')
     model = Detector(body, None, LeYOLOHead(body.out_channels, CLASSES, spec()), spec())
-    assert isinstance(build_any_loss(model, None), LeYOLOLoss)
+    assert isinstance(build_loss(model, None), LeYOLOLoss)
 
 
 def test_no_boxes_is_safe():
@@ -127,7 +127,7 @@ def test_data_file_keys_reach_the_loss(tmp_path):
     """The gains, TAL settings and clipping norm of a .data file are the ones the loss uses: with only the class
     gain left, the total is LOSS_SCALE x cls gain x the class term; topk caps the positives per box."""
     from utils.config import load_config
-    from utils.loss import LOSS_SCALE
+    from utils.loss.leyolo import LOSS_SCALE
     (tmp_path / 'list.txt').write_text('a.jpg\n')
     (tmp_path / 'three.names').write_text('a\nb\nc\n')
     data = tmp_path / 'x.data'

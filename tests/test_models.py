@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-
 from conftest import shared_path
+
 from model.build import build_model
 from model.weights import load_weights
 from utils.config import YFV2_COCO_ANCHORS_352, YOLOV5_COCO_ANCHORS_640, Config
@@ -194,6 +194,7 @@ def test_strides_disagreeing_with_the_config_table_fail(monkeypatch):
 def test_summary_macs_agree_with_torch_flop_counter(model_name, head):
     """Our Conv2d hooks against torch's own operator-level counter (which counts 2 FLOPs per conv MAC)."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from model.summary import summarize
     if model_name.startswith('leyolo') and not has_module('model.leyolo'):
         pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')

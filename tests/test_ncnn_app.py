@@ -10,7 +10,7 @@ The strict comparison reads the ../shared/images JPEGs re-saved as PNG: the app 
 with libjpeg, and the two JPEG decoders differ by a few grey levels. What that costs is bounded separately.
 The aarch64 build runs under qemu (Cortex-A53) on the same images.
 
-INT8 (utils/int8.py, what `pytorch2onnx.py --int8` writes): NCNN's INT8 kernels round differently per instruction
+INT8 (utils/int8/quantize.py, what `pytorch2onnx.py --int8` writes): NCNN's INT8 kernels round differently per instruction
 set, and INT8 turns a one-step rounding difference early in the net into visible score and box jitter (as it does
 a grey level of resize difference). So the INT8 models are fed images already at the network's input size (both
 sides skip resizing and see the same pixels), and:
@@ -34,17 +34,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, shared_path
+
 from model.build import build_model
 from model.spec import HeadSpec
 from model.weights import load_weights
 from utils.config import YFV2_COCO_ANCHORS_352, load_config
-from utils.export import export_all
-from utils.int8 import int8_paths, quantize_with_config
-from utils.ncnn_runtime import NcnnRuntime
+from utils.export.ncnn_export import export_all
+from utils.int8.quantize import int8_paths, quantize_with_config
 from utils.postprocess import decode, postprocess
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
+from utils.runtimes.ncnn_runtime import NcnnRuntime
 
 BUILD_SCRIPT = REPO / 'sample' / 'ncnn' / 'build.sh'
 QEMU_A53 = ['qemu-aarch64', '-cpu', 'cortex-a53', '-L', '/usr/aarch64-linux-gnu']
@@ -145,7 +145,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def int8_models(models):
-    """INT8 versions of the two exports, written by utils/int8.py the way `pytorch2onnx.py --int8` does (mixed
+    """INT8 versions of the two exports, written by utils/int8/quantize.py the way `pytorch2onnx.py --int8` does (mixed
     precision, '-int8'), and with every conv INT8 ('-int8all'), calibrated on CALIBRATION_IMAGES coco128 train
     images (about 40 s for all four)."""
     int8 = {}
@@ -397,6 +397,27 @@ def replaced(key, value):
     return edit
 
 
+def written(key, text):
+    """The sidecar with `key`'s value written as raw `text` (what json.dumps would not write, such as 1e999)."""
+    def edit(sidecar):
+        sidecar[key] = 'RAW'
+        return json.dumps(sidecar, indent=1).replace('"RAW"', text)
+    return edit
+
+
+def first_anchor(text, side=0):
+    """The sidecar with the first anchor's width (side 0) or height (side 1) written as raw `text`."""
+    def edit(sidecar):
+        sidecar['anchors_px'][0][0][side] = 'RAW'
+        return json.dumps(sidecar, indent=1).replace('"RAW"', text)
+    return edit
+
+
+def truncated(sidecar):
+    text = json.dumps(sidecar, indent=1)
+    return text[:text.index('"num_classes"')]
+
+
 @pytest.mark.parametrize('edit, message', [
     (without('strides'), r'bad\.json:1: key "strides" is missing'),
     (replaced('num_classes', '80'), r'bad\.json:\d+: key "num_classes" must be a number'),
@@ -407,18 +428,54 @@ def replaced(key, value):
     (replaced('strides', [8, 32]), r'output blob "794" has shape .* for stride 8'),
     (lambda sidecar: json.dumps(sidecar, indent=1).replace('"letterbox": false,', '"letterbox": false'),
      r"bad\.json:5: expected ',' or '}' after a value"),
+    # not JSON at all
+    (truncated, r'bad\.json:\d+: unexpected end of file'),
+    (lambda sidecar: '', r'bad\.json:1: unexpected end of file'),
+    (lambda sidecar: '[' * 100_000, r'bad\.json:1: arrays and objects nested more than 32 deep'),
+    (written('scale', '0x1p-8'), r"bad\.json:\d+: expected ',' or '}' after a value, found 'x'"),
+    # wrong types
+    (lambda sidecar: json.dumps([sidecar]), r'bad\.json:1: the sidecar must be a JSON object'),
+    (replaced('letterbox', 0), r'bad\.json:\d+: key "letterbox" must be true or false'),
+    (replaced('output_blobs', '794'), r'bad\.json:\d+: key "output_blobs" must be a list of blob names'),
+    (replaced('strides', [16.5, 32]), r'bad\.json:\d+: a stride must be an integer >= 1, got 16\.5'),
+    (replaced('anchors_px', [[12, 19], [37, 51]]), r'bad\.json:\d+: each "anchors_px" entry must be a non-empty '
+                                                   r'list of \[w, h\]'),
+    (first_anchor('"12.64"'), r'bad\.json:\d+: an anchor width must be a number'),
+    (first_anchor('null', side=1), r'bad\.json:\d+: an anchor height must be a number'),
+    (replaced('input_width', 1e12), r'bad\.json:\d+: "input_width" must be an integer <= 2147483647, got 1e\+12'),
+    # non-finite, out-of-range and non-positive numbers
+    (first_anchor('NaN'), r"bad\.json:\d+: unexpected character 'N'"),
+    (first_anchor('-Infinity'), r"bad\.json:\d+: expected a digit after '-'"),
+    (first_anchor('1e999'), r'bad\.json:\d+: number 1e999 is out of range'),
+    (first_anchor('-1e999', side=1), r'bad\.json:\d+: number -1e999 is out of range'),
+    (first_anchor('1e300'), r'bad\.json:\d+: an anchor width is out of float range, got 1e\+300'),
+    (first_anchor('0'), r'bad\.json:\d+: an anchor width must be > 0, got 0'),
+    (first_anchor('-12.5', side=1), r'bad\.json:\d+: an anchor height must be > 0, got -12\.5'),
+    (replaced('scale', 0), r'bad\.json:\d+: "scale" must be > 0, got 0'),
+    (written('conf_thresh', 'NaN'), r"bad\.json:\d+: unexpected character 'N'"),
+    (replaced('conf_thresh', 1.5), r'bad\.json:\d+: "conf_thresh" must be in \[0, 1\], got 1\.5'),
+    (replaced('nms_iou', -0.1), r'bad\.json:\d+: "nms_iou" must be in \[0, 1\], got -0\.1'),
 ])
 def test_bad_sidecar_is_reported_with_file_and_line(host_cli, tmp_path, edit, message):
     returncode, stderr = run_with_sidecar(host_cli, tmp_path, edit)
-    assert returncode == 1
-    assert re.search(message, stderr), stderr
+    # 1 is the app's reported error; a crash shows as a negative code (the signal), or 139 through a shell
+    assert returncode == 1, (returncode, stderr)
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('tinydet_cli: '), stderr
+    assert re.search(message, lines[0]), stderr
 
 
-def test_sidecar_line_numbers_point_at_the_bad_value(host_cli, tmp_path):
-    returncode, stderr = run_with_sidecar(host_cli, tmp_path, replaced('pad_value', -3))
+@pytest.mark.parametrize('edit, value_text, message', [
+    (replaced('pad_value', -3), '"pad_value": -3', r'"pad_value" must be an integer >= 0'),
+    (first_anchor('-12.5', side=1), '-12.5', r'an anchor height must be > 0'),
+    (first_anchor('1e999'), '1e999', r'number 1e999 is out of range'),
+])
+def test_sidecar_line_numbers_point_at_the_bad_value(host_cli, tmp_path, edit, value_text, message):
+    returncode, stderr = run_with_sidecar(host_cli, tmp_path, edit)
     text = (tmp_path / 'bad.json').read_text().splitlines()
-    line = int(re.search(r'bad\.json:(\d+): "pad_value" must be an integer >= 0', stderr).group(1))
-    assert '"pad_value": -3' in text[line - 1]
+    found = re.search(r'bad\.json:(\d+): ' + message, stderr)
+    assert returncode == 1 and found, stderr
+    assert value_text in text[int(found.group(1)) - 1]
 
 
 def test_arm64_binary_is_aarch64(arm64_cli):

@@ -3,8 +3,8 @@ raw outputs (../shared/reference/yfv2_raw_outputs.pt)."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from model.spec import HeadSpec
 from utils.postprocess import decode, nms, postprocess
 

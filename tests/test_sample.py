@@ -6,11 +6,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO
-from utils.anchors import kmeans_anchors, mean_best_iou
+
 from utils.config import load_config
-from utils.dataset import load_split
+from utils.data.anchors import kmeans_anchors, mean_best_iou
+from utils.data.dataset import load_split
 
 sys.path.insert(0, str(REPO / 'data'))
 from make_sample import data_file_text, generate  # noqa: E402

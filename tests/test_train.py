@@ -1,4 +1,4 @@
-"""The trainer end to end on a small copy of the generated sample dataset: it learns (mAP from pycocotools via utils.evaluator rises
+"""The trainer end to end on a small copy of the generated sample dataset: it learns (mAP from pycocotools via utils.evaluator.evaluator rises
 above the untrained model's), resumes after SIGTERM to the same final state, never leaves a half-written
 checkpoint, survives and then refuses non-finite losses, and runs under torchrun with 2 CPU processes (gloo)."""
 import csv
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO, shared_path
-from utils.checkpoint import load_checkpoint, save_atomic
 from utils.config import load_config
+from utils.train.checkpoint import load_checkpoint, save_atomic
 
 torch.set_num_threads(1)   # the test machine has 2 cores shared by many processes
 SIZE = 96
@@ -70,7 +70,7 @@ def test_killed_mid_write_leaves_the_previous_checkpoint_readable(tmp_path):
     script = f"""
 import sys, time, torch
 sys.path.insert(0, {str(REPO)!r})
-from utils.checkpoint import save_atomic
+from utils.train.checkpoint import save_atomic
 class Stall:
     def __reduce__(self):
         print('writing', flush=True)
@@ -95,8 +95,8 @@ save_atomic({{'model': {{'w': torch.ones(200000)}}, 'epoch': 2, 'z': Stall()}}, 
 # ------------------------------------------------------------------------------------------------ data
 
 def test_train_dataset_items_cache_and_mosaic_switch(dataset):
-    from utils.dataset import load_split
-    from utils.train_data import TrainDataset, collate
+    from utils.data.dataset import load_split
+    from utils.data.train_data import TrainDataset, collate
     cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, **FAST)
     split = load_split(cfg, 'train', verbose=False)
     plain = TrainDataset(split, load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, cache='none', **FAST))
@@ -121,8 +121,9 @@ def test_a_persistent_worker_serves_each_epoch_its_own_augmentation(dataset):
     """The trainer's loader keeps its workers across epochs; the epoch reaches them through the sampler. Every batch
     must equal the items made directly for its epoch (mosaic on at epoch 0, off at epoch 8)."""
     from torch.utils.data import DataLoader
-    from utils.dataset import load_split
-    from utils.train_data import EpochSampler, TrainDataset, collate
+
+    from utils.data.dataset import load_split
+    from utils.data.train_data import EpochSampler, TrainDataset, collate
     cfg = load_config(dataset, epochs=10, close_mosaic=3, mosaic=1.0, **FAST)
     data = TrainDataset(load_split(cfg, 'train', verbose=False), cfg)
     sampler = EpochSampler()
@@ -136,8 +137,8 @@ def test_a_persistent_worker_serves_each_epoch_its_own_augmentation(dataset):
 
 
 def test_cache_auto_keeps_images_in_ram_only_within_the_budget(dataset, monkeypatch):
-    import utils.train_data as train_data
-    from utils.dataset import load_split
+    import utils.data.train_data as train_data
+    from utils.data.dataset import load_split
     cfg = load_config(dataset, **FAST)
     assert cfg.cache == 'auto'
     split = load_split(cfg, 'train', verbose=False)
@@ -154,7 +155,7 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     """A short CPU run must beat the untrained model's mAP@0.5 by a clear margin (pycocotools via the evaluator)."""
     from model.build import build_model
     from utils.evaluator import evaluate
-    from utils.trainer import TrainOptions, train
+    from utils.train.trainer import TrainOptions, train
     # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 22 epochs of 12 steps. Short runs
     # vary with the seed and the float summation order (another CPU is another draw): mAP@0.5 at seeds 0-3 was
     # 0.071 / 0.143 / 0.143 / 0.087 at lr 0.001 and 0.091 / 0.135 / 0.115 / 0.153 at lr 0.003 (measured), so lr
@@ -187,7 +188,7 @@ def test_a_stop_signal_while_workers_start_neither_kills_them_nor_gets_lost():
     """The race CI hit: SIGTERM to the process group just as a DataLoader worker was forked, before its init made it
     ignore the signal (torch's worker re-raises a SIGTERM not from its parent with the default action: death).
     The main process may get it at once (through another thread) or on release, but gets it once."""
-    from utils.trainer import _ignore_stop_signals, _stop_signals_held
+    from utils.train.trainer import _ignore_stop_signals, _stop_signals_held
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     try:
@@ -246,7 +247,7 @@ def test_sigterm_saves_and_resume_finishes_the_same_schedule(dataset, tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_abort(dataset, tmp_path, monkeypatch):
-    import utils.trainer as trainer
+    import utils.train.trainer as trainer
     real_build_loss = trainer.build_loss
     calls = {'n': 0}
 

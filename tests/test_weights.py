@@ -3,11 +3,10 @@ import importlib.util
 import random
 
 import numpy as np
-
 import pytest
 import torch
-
 from conftest import shared_path
+
 from model.build import build_model
 from model.weights import WeightsError, load_weights, read_state_dict
 from utils.config import load_config

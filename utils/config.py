@@ -97,7 +97,7 @@ class Config:
     scale: float = 0.5                    # random scale in [1 - scale, 1 + scale]
     mosaic: float = 0.5                   # probability of a 4-image mosaic
     close_mosaic: int = 10                # no mosaic in the last N epochs
-    # the leyolo head's loss (utils/loss_leyolo.py; YOLOv8's defaults, which trained the released LeYOLO weights)
+    # the leyolo head's loss (utils/loss/leyolo.py; YOLOv8's defaults, which trained the released LeYOLO weights)
     leyolo_box_gain: float = 7.5          # weight of the CIoU box term
     leyolo_cls_gain: float = 0.5          # weight of the BCE class term
     leyolo_dfl_gain: float = 1.5          # weight of the distribution focal loss term

@@ -2,7 +2,7 @@
 
 One decode and one NMS serve evaluation, test.py and every backend (torch, onnxruntime, OpenCV DNN, NCNN), so a
 number measured with one backend means the same with another. The input is the deployment layout of
-docs/CONTRACT.md: per output scale (strides ascending) one NHWC array whose values are already activated.
+docs/architecture.md: per output scale (strides ascending) one NHWC array whose values are already activated.
 
 anchor head, channels [reg 4A (anchor-major: a*4 + (x, y, w, h)), obj A, cls C], all after sigmoid/softmax:
     cx = (2 * reg_x - 0.5 + grid_x) * stride_x          w = (2 * reg_w) ** 2 * anchor_w_px

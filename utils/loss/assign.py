@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.boxes import box_iou
+
 EPS = 1e-9
 
 
@@ -27,16 +29,6 @@ class Assignment:
     classes: torch.Tensor        # (B, A) long, class of the assigned box (0 where negative)
     boxes_xyxy_px: torch.Tensor  # (B, A, 4) the assigned box (that of box 0 where negative: mask with `positive`)
     scores: torch.Tensor         # (B, A, C) soft class targets, 0 where negative
-
-
-def box_iou_xyxy(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes that broadcast against each other (..., 4) -> (...)."""
-    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
-    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(-1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area1 + area2 - inter + EPS)
 
 
 def points_inside(points_px: torch.Tensor, boxes_xyxy_px: torch.Tensor) -> torch.Tensor:
@@ -65,7 +57,7 @@ class TaskAlignedAssigner:
                               torch.zeros(batch, num_points, 4, device=device), torch.zeros_like(scores))
 
         candidate = points_inside(points_px, gt_boxes_xyxy_px) & gt_valid[..., None]            # (B, M, A)
-        iou = box_iou_xyxy(gt_boxes_xyxy_px[:, :, None], pred_boxes_xyxy_px[:, None]) * candidate
+        iou = box_iou(gt_boxes_xyxy_px[:, :, None], pred_boxes_xyxy_px[:, None]) * candidate
         class_score = scores.gather(2, gt_classes[:, None, :].expand(-1, num_points, -1)).transpose(1, 2)
         alignment = class_score.pow(self.alpha) * iou.pow(self.beta) * candidate                # (B, M, A)
 

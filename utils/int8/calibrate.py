@@ -169,7 +169,7 @@ def _kl_block(h: np.ndarray, cum_h: np.ndarray, thresholds: np.ndarray) -> np.nd
 # bias, fused activation) in PyTorch on the fp32 input blobs of the calibration images, for candidate thresholds
 # from absmax down to absmax/16 plus the KL threshold, and keeps the one with the least squared error of the
 # layer's own output. The same simulation measures each layer's mean error per output channel before its
-# activation at the chosen threshold: the bias shift that quantization causes, which utils/int8.py subtracts from
+# activation at the chosen threshold: the bias shift that quantization causes, which utils/int8/quantize.py subtracts from
 # the bias (bias correction).
 
 MSE_CANDIDATES = 16          # absmax * 2**(-k/4), k = 0..15
@@ -247,7 +247,8 @@ def mse_thresholds(layers: list, weights: dict, weight_scales_by_layer: dict, st
     2019) removes the part of the error that does not average out.
     """
     import torch
-    from utils.int8_write import quantize_to_int8
+
+    from utils.int8.write import quantize_to_int8
     torch.set_num_threads(1)
     plans = []        # (layer, fp32 function, fake-quantized-weight function, activation, candidate thresholds)
     for layer in layers:

@@ -1,4 +1,4 @@
-"""Pictures of results: the precision-recall curve and confusion matrix of an evaluation (utils.evaluator.EvalResult)
+"""Pictures of results: the precision-recall curve and confusion matrix of an evaluation (utils.evaluator.evaluator.EvalResult)
 as PNG, and detections drawn on an image (test.py).
 
 matplotlib runs on the Agg backend, so plots work on servers without a display.

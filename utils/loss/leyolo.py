@@ -1,5 +1,5 @@
 """The LeYOLO-head loss (YOLOv8's, which the released LeYOLO weights were trained with): task-aligned assignment
-(utils/assign.py), then per batch
+(utils/loss/assign.py), then per batch
 
     box  sum over positives of weight * (1 - CIoU(predicted box, assigned box))
     dfl  sum over positives of weight * distribution focal loss of the 4 side distances
@@ -14,35 +14,25 @@ Distribution focal loss (Li et al. 2020, GFL): a side's distance d (grid cells, 
 between bins i = floor(d) and i + 1; the loss is the cross-entropy towards both, weighted (i + 1 - d) and (d - i),
 so the expectation of the predicted distribution is pulled onto d.
 
-LOSS_SCALE is the anchor loss's (utils/loss.py): Ultralytics multiplies by the batch size at a nominal batch of 64
-and lr 0.01; our loss is a per-batch mean, times 64 * 10, so the .data files' learning_rate 0.001 takes the same
-steps.
+LOSS_SCALE: Ultralytics multiplies its loss by the batch size, at a nominal batch of 64 and lr 0.01; ours is a
+per-batch mean, so 64 * 10 takes the same steps at the .data files' learning_rate 0.001.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from utils.assign import TaskAlignedAssigner
+from utils.boxes import ciou, cxcywh_to_xyxy, norm_to_px, xyxy_to_cxcywh
 from utils.config import Config
-from utils.loss import LOSS_SCALE, checked_targets, ciou
+from utils.loss.assign import TaskAlignedAssigner
+from utils.loss.targets import checked_targets
 
+LOSS_SCALE = 640.0
 BOX_GAIN, CLS_GAIN, DFL_GAIN = Config.leyolo_box_gain, Config.leyolo_cls_gain, Config.leyolo_dfl_gain
 # Ultralytics clips the gradient norm at 10 for a loss 10x smaller than ours. LeYOLO needs it: from the released
 # nano weights the gradient norm is ~1.8e4 and unclipped SGD diverges in a few steps even at learning_rate 1e-4
 # (measured on coco128), while clipped at 100 it trains. The trainer reads `max_grad_norm` off the loss.
 MAX_GRAD_NORM = Config.leyolo_max_grad_norm
-
-
-def build_loss(model, cfg=None) -> 'LeYOLOLoss':
-    """The loss for a model with a 'leyolo' head: `(raw_outputs, targets (M, 6)) -> (loss, dict of floats)`.
-    `cfg` (a Config) gives the gains and assigner settings; None takes the defaults."""
-    spec = getattr(model, 'module', model).spec   # DDP wraps the model
-    if spec.kind != 'leyolo':
-        raise ValueError(f'utils/loss_leyolo.py is for the leyolo head, the model has a "{spec.kind}" head')
-    c = cfg if cfg is not None else Config
-    return LeYOLOLoss(spec, box_gain=c.leyolo_box_gain, cls_gain=c.leyolo_cls_gain, dfl_gain=c.leyolo_dfl_gain,
-                      topk=c.tal_topk, alpha=c.tal_alpha, beta=c.tal_beta, max_grad_norm=c.leyolo_max_grad_norm)
 
 
 def anchor_points(grid_sizes: list, strides: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,10 +46,6 @@ def anchor_points(grid_sizes: list, strides: tuple, device) -> tuple[torch.Tenso
     return torch.cat(points), torch.cat(point_strides)
 
 
-def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    return torch.cat(((boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]), -1)
-
-
 def pad_targets(targets: torch.Tensor, batch: int, width_px: float, height_px: float):
     """(M, 6) [image, class, cx, cy, w, h] normalised -> classes (B, K), boxes_xyxy_px (B, K, 4), valid (B, K),
     K = the most boxes in one image."""
@@ -70,9 +56,7 @@ def pad_targets(targets: torch.Tensor, batch: int, width_px: float, height_px: f
     classes = torch.zeros(batch, most, dtype=torch.long, device=device)
     boxes = torch.zeros(batch, most, 4, device=device)
     valid = torch.zeros(batch, most, dtype=torch.bool, device=device)
-    scale = torch.tensor([width_px, height_px], device=device)
-    centre, size = targets[:, 2:4] * scale, targets[:, 4:6] * scale
-    xyxy = torch.cat((centre - size / 2, centre + size / 2), 1)
+    xyxy = norm_to_px(cxcywh_to_xyxy(targets[:, 2:6]), width_px, height_px)
     for b in range(batch):
         rows = image == b
         n = int(rows.sum())
@@ -102,6 +86,15 @@ class LeYOLOLoss:
         self.gains = (box_gain, cls_gain, dfl_gain)
         self.max_grad_norm = max_grad_norm or None   # 0 in the .data file: the trainer does not clip
         self.assigner = TaskAlignedAssigner(spec.num_classes, topk=topk, alpha=alpha, beta=beta)
+
+    @classmethod
+    def from_config(cls, spec, cfg=None) -> LeYOLOLoss:
+        """The loss with the gains and assigner settings of a Config (None: the defaults)."""
+        if spec.kind != 'leyolo':
+            raise ValueError(f'the LeYOLO loss is for the leyolo head, the model has a "{spec.kind}" head')
+        c = cfg if cfg is not None else Config
+        return cls(spec, box_gain=c.leyolo_box_gain, cls_gain=c.leyolo_cls_gain, dfl_gain=c.leyolo_dfl_gain,
+                   topk=c.tal_topk, alpha=c.tal_alpha, beta=c.tal_beta, max_grad_norm=c.leyolo_max_grad_norm)
 
     def __call__(self, outputs, targets: torch.Tensor):
         targets = checked_targets(outputs, targets, self.strides, self.num_classes)

@@ -3,7 +3,7 @@
 `os.replace` is atomic on POSIX and Windows, so at every instant the path holds either the previous complete
 checkpoint or the new complete one, never half a file, even if the process is killed mid-write.
 
-A checkpoint is a dict (see utils/trainer.py for the keys): model, ema, optimizer, scheduler, epoch, best score,
+A checkpoint is a dict (see utils/train/trainer.py for the keys): model, ema, optimizer, scheduler, epoch, best score,
 the config and the random states. model/weights.load_weights reads the same dict (preferring 'ema').
 """
 from __future__ import annotations

@@ -6,9 +6,9 @@ One epoch:  for each mini-batch (batch_size / subdivisions images, split again a
     and after the last, append a row to results.csv, redraw results.png, write last.pt (and best.pt when
     mAP@0.5:0.95 improved).
 
-The optimizer and its schedule: utils/schedule.py. results.csv and results.png: utils/results_log.py.
+The optimizer and its schedule: utils/train/schedule.py. results.csv and results.png: utils/train/results_log.py.
 
-Crash safety: checkpoints are written atomically (utils/checkpoint.py). SIGINT / SIGTERM finish the current
+Crash safety: checkpoints are written atomically (utils/train/checkpoint.py). SIGINT / SIGTERM finish the current
 mini-batch, write last.pt with the position inside the epoch, and raise `TrainingInterrupted`; `resume` starts
 again at that batch with the same schedule, data order and augmentations (both are seeded by epoch).
 """
@@ -30,14 +30,19 @@ from tqdm import tqdm
 
 from model.build import build_model
 from model.weights import load_weights
-from utils.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
-from utils.dataset import load_split
-from utils.ema import ModelEMA
+from utils.data.dataset import load_split
+from utils.data.train_data import EpochSampler, TrainDataset, collate
 from utils.loss import build_loss
-from utils.results_log import append_results
-from utils.schedule import (WARMUP_BIAS_LR_FACTOR, epoch_indices, optimizer_groups, set_learning_rate,
-                            warmup_steps_for)
-from utils.train_data import EpochSampler, TrainDataset, collate
+from utils.train.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
+from utils.train.ema import ModelEMA
+from utils.train.results_log import append_results
+from utils.train.schedule import (
+    WARMUP_BIAS_LR_FACTOR,
+    epoch_indices,
+    optimizer_groups,
+    set_learning_rate,
+    warmup_steps_for,
+)
 
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
 # Channels-last (NHWC) activations spare oneDNN's convolutions their layout reorders. Measured: a training step

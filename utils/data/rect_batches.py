@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.dataset import read_image, to_chw_tensor
+from utils.data.dataset import read_image, to_chw_tensor
 from utils.preprocess import ResizeInfo, pad_centred
 
 RECT_PAD = 0.5          # strides of padding beyond the tightest shape (Ultralytics' val)
@@ -110,7 +110,7 @@ def pad_into(image_bgr: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 
 
 class RectEvalDataset(torch.utils.data.Dataset):
-    """Yields (uint8 CHW BGR tensor, ResizeInfo, index) like utils.dataset.EvalDataset, each image in the shape of
+    """Yields (uint8 CHW BGR tensor, ResizeInfo, index) like utils.data.dataset.EvalDataset, each image in the shape of
     its batch. Load it with `batch_sampler=[indices for indices, _ in plan]` of the same plan."""
 
     def __init__(self, split, plan: list, side: int):

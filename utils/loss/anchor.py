@@ -1,4 +1,4 @@
-"""The anchor-head loss (Yolo-FastestV2 family), and `build_loss`, which picks the loss for a model's head.
+"""The anchor-head loss (Yolo-FastestV2 family).
 
 Head outputs, one triple per scale (strides ascending): reg (N, 4A, H, W) anchor-major (a*4 + x,y,w,h),
 obj (N, A, H, W), cls (N, C, H, W): all logits. One class vector per cell, shared by the cell's A anchors.
@@ -30,50 +30,21 @@ that does not grow with the batch size, so its .data files' learning_rate 0.001 
 16, lr 0.001, 12 steps, mAP@0.5 0.34 before: scale 640 -> 0.00 (0.17 without the 10x bias warmup lr), scale 64
 -> 0.32; from the ImageNet backbone the sample test (tests/test_train.py) reached mAP@0.5 0.089 with 64, 0.081 with
 640.
-LOSS_SCALE (640) stays the LeYOLO loss's (utils/loss_leyolo.py imports it): that loss follows Ultralytics, who
-multiply by the batch size (nominal 64) at lr 0.01, so 64 * 10 keeps their steps at lr 0.001.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
+from utils.boxes import ciou
+from utils.loss.targets import checked_targets
+
 ANCHOR_RATIO_MAX = 4.0
 BOX_GAIN, OBJ_GAIN, CLS_GAIN = 0.05, 1.0, 0.005
 ANCHOR_LOSS_SCALE = 64.0   # Yolo-FastestV2's scale
-LOSS_SCALE = 640.0         # the LeYOLO loss's, see above
 OBJ_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1}
 # neighbour offsets in cells: centre, left, up, right, down (subtracted from the centre cell)
 _NEIGHBOURS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
-
-
-def build_loss(model, cfg):
-    """The loss for the model's head: `(raw_outputs, targets (M, 6)) -> (loss, dict of floats)`."""
-    spec = getattr(model, 'module', model).spec   # DDP wraps the model
-    if spec.kind == 'leyolo':
-        from utils.loss_leyolo import build_loss as build_leyolo_loss
-        return build_leyolo_loss(model, cfg)
-    return AnchorLoss(spec)
-
-
-def ciou(box1_cxcywh: torch.Tensor, box2_cxcywh: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Complete IoU (Zheng et al. 2020) of matching rows: IoU - centre distance^2 / enclosing diagonal^2 - alpha*v."""
-    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1_cxcywh.unbind(-1), box2_cxcywh.unbind(-1)
-    inter_w = (torch.min(x1 + w1 / 2, x2 + w2 / 2) - torch.max(x1 - w1 / 2, x2 - w2 / 2)).clamp(min=0)
-    inter_h = (torch.min(y1 + h1 / 2, y2 + h2 / 2) - torch.max(y1 - h1 / 2, y2 - h2 / 2)).clamp(min=0)
-    inter = inter_w * inter_h
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    enclose_w = torch.max(x1 + w1 / 2, x2 + w2 / 2) - torch.min(x1 - w1 / 2, x2 - w2 / 2)
-    enclose_h = torch.max(y1 + h1 / 2, y2 + h2 / 2) - torch.min(y1 - h1 / 2, y2 - h2 / 2)
-    diagonal2 = enclose_w ** 2 + enclose_h ** 2 + eps
-    centre2 = (x2 - x1) ** 2 + (y2 - y1) ** 2
-    v = (4 / math.pi ** 2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
-    with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
-    return iou - centre2 / diagonal2 - alpha * v
 
 
 def match_targets(targets: torch.Tensor, anchors_grid: torch.Tensor, grid_w: int, grid_h: int):
@@ -103,20 +74,6 @@ def match_targets(targets: torch.Tensor, anchors_grid: torch.Tensor, grid_w: int
     boxes = torch.cat([centre[k] - cell, size[k]], dim=1)
     cell = cell.long()
     return (t[k, 0].long(), anchor[k], cell[:, 1], cell[:, 0], t[k, 1].long()), boxes
-
-
-def checked_targets(outputs, targets: torch.Tensor, strides: tuple, num_classes: int) -> torch.Tensor:
-    """Targets (M, 6) as float, after checking that they fit the head's outputs; a mismatch names its cause."""
-    if len(outputs) != len(strides):
-        raise ValueError(f'the loss expects {len(strides)} scales (strides {strides}), got {len(outputs)} outputs')
-    targets = targets.float()
-    if len(targets) and int(targets[:, 1].max()) >= num_classes:
-        raise ValueError(f'a target has class {int(targets[:, 1].max())} but the model has '
-                         f'{num_classes} classes (check `classes` in the .data file)')
-    batch = outputs[0][0].shape[0]
-    if len(targets) and not 0 <= int(targets[:, 0].min()) <= int(targets[:, 0].max()) < batch:
-        raise ValueError(f'a target names image {int(targets[:, 0].max())} of a batch of {batch} images')
-    return targets
 
 
 class AnchorLoss:

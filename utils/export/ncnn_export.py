@@ -21,7 +21,7 @@ than L2). NCNN reads a per-layer feature mask from key 31 of a layer's .param li
 `use_sgemm_convolution` off for that layer alone, so the stem runs NCNN's direct packed kernel. The outputs stay
 bit-identical on our check image (tests/test_export.py); the whole Yolo-FastestV2 network at 352x352 and 1 thread
 runs 5-8 % faster (bench/latency.py, figures in the README). Its other convolutions are 1x1 or depthwise, which
-the flag leaves alone. NCNN's direct kernel runs on one thread, so utils/ncnn_runtime.py clears the hint when it runs
+the flag leaves alone. NCNN's direct kernel runs on one thread, so utils/runtimes/ncnn_runtime.py clears the hint when it runs
 more threads (there the GEMM path, split across threads, is as fast or faster).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 import torch
 
-from utils.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM, sidecar_path
+from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM, sidecar_path
 
 # Detection thresholds written into the sidecar for the C++ app (Yolo-FastestV2's demo values).
 DEFAULT_CONF_THRESH = 0.3
@@ -260,7 +260,7 @@ def run_opencv(onnx_path, batch_nchw: np.ndarray) -> list[np.ndarray]:
 
 
 def run_ncnn(param_path, batch_nchw: np.ndarray) -> list[np.ndarray]:
-    from utils.ncnn_runtime import NcnnRuntime
+    from utils.runtimes.ncnn_runtime import NcnnRuntime
     return NcnnRuntime(param_path, num_threads=1)(batch_nchw)
 
 

@@ -1,13 +1,13 @@
 """Run an exported NCNN model (.param/.bin plus the sidecar .json) from Python, like every other backend.
 
 A runtime is called on a float32 NCHW BGR 0..1 batch and returns one NHWC numpy array per output scale, in
-stride order: the deployment layout of docs/CONTRACT.md. The blob names come from the sidecar `X.json` that
-utils/export.py writes beside `X.param`, so a model whose blobs are named differently still runs.
+stride order: the deployment layout of docs/architecture.md. The blob names come from the sidecar `X.json` that
+utils/export/ncnn_export.py writes beside `X.param`, so a model whose blobs are named differently still runs.
 
 NCNN works on one image at a time and drops the batch axis: an NHWC output (1, H, W, C) comes back as a Mat with
 c=H, h=W, w=C, which numpy sees as (H, W, C). We stack the images back into (N, H, W, C).
 
-Layer hints: utils/export.py marks the stem convolution "no im2col + GEMM" (NCNN's per-layer feature mask, key 31,
+Layer hints: utils/export/ncnn_export.py marks the stem convolution "no im2col + GEMM" (NCNN's per-layer feature mask, key 31,
 bit 5), which makes it run NCNN's direct kernel: faster on one thread, but that kernel uses one thread only, while
 the GEMM path it replaces splits across threads. So with num_threads > 1 the runtime loads the .param with that bit
 cleared (`single_thread_hints_cleared`); outputs are the same either way.
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import ncnn
 import numpy as np
-
 
 NCNN_FEATMASK_KEY = 31           # a layer's own feature mask in NCNN's .param (read by Net::load_param)
 NCNN_FEATMASK_NO_SGEMM = 1 << 5   # bit 5 of it: use_sgemm_convolution off for that layer (NCNN's get_masked_option)

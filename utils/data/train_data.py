@@ -1,4 +1,4 @@
-"""The training dataset: images with augmentation (utils/augment.py) and the batch collate function.
+"""The training dataset: images with augmentation (utils/data/augment.py) and the batch collate function.
 
 Each item is (image uint8 (3, H, W) BGR, labels float32 (n, 5) [class, cx, cy, w, h] normalised). Images stay uint8
 all the way into the model (it divides by 255 itself), which keeps worker -> main process transfers 4x smaller.
@@ -17,9 +17,16 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from utils.augment import (flip_lr, hsv_jitter, mosaic4, px_to_labels, random_scale_translate, resize_to_fit,
-                           to_input_size)
-from utils.dataset import read_image
+from utils.data.augment import (
+    flip_lr,
+    hsv_jitter,
+    mosaic4,
+    px_to_labels,
+    random_scale_translate,
+    resize_to_fit,
+    to_input_size,
+)
+from utils.data.dataset import read_image
 
 
 class TrainDataset(Dataset):

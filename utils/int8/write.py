@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM
+from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM
 
 PARAM_MAGIC = 7767517
 TAG_FLOAT16 = 0x01306B47
@@ -166,7 +166,7 @@ def _weight_layout(layer: ParamLayer, where: str) -> list:
     if layer.type in WEIGHTLESS_TYPES:
         return []
     raise NcnnModelError(f'{where}: layer type "{layer.type}" (layer "{layer.name}") is not supported by the INT8 '
-                         f'writer: its weight layout in the .bin is unknown to utils/int8_write.py')
+                         f'writer: its weight layout in the .bin is unknown to utils/int8/write.py')
 
 
 def _align4(n: int) -> int:
@@ -247,7 +247,7 @@ def int8_scale_term(layer_type: str) -> int:
 def fp16_array(array: WeightArray) -> bytes:
     """A tagged ("type 0") weight array stored as float16, as NCNN's loader reads it (converted back to float32
     when loaded, so the layer still computes in fp32, with its weights rounded to fp16).
-    Not the default in utils/int8.py: with the first and output convs stored so, the C++ app built from NCNN's
+    Not the default in utils/int8/quantize.py: with the first and output convs stored so, the C++ app built from NCNN's
     source and the Python wheel gave boxes up to 2 px apart on the same INT8 model (both exact with float32)."""
     half = array.values.astype(np.float16).tobytes()
     return struct.pack('<I', TAG_FLOAT16) + half + b'\0' * (_align4(len(half)) - len(half))
@@ -281,7 +281,7 @@ def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin, fp16_un
         chunks.append(np.float32(s.input_scale).tobytes())
         params = dict(layer.params)
         params[8] = str(int8_scale_term(layer.type))
-        # The export's "no im2col+GEMM" hint (utils/export.py) speeds up an fp32 stem conv; NCNN's INT8 direct
+        # The export's "no im2col+GEMM" hint (utils/export/ncnn_export.py) speeds up an fp32 stem conv; NCNN's INT8 direct
         # kernel is the slower one (measured 5.10 vs 4.61 ms at 1 thread), so a quantized layer drops it.
         mask = int(params.get(NCNN_FEATMASK_KEY, 0)) & ~NCNN_FEATMASK_NO_SGEMM
         params.pop(NCNN_FEATMASK_KEY, None)

@@ -3,7 +3,7 @@
     result = evaluate(model_or_runtime, cfg)        # the trainer hands in its EMA model; evaluation.py a runtime
     print(result.summary())
 
-Steps: run the split through the network (utils.dataset.EvalDataset, batched), decode + NMS (utils.postprocess),
+Steps: run the split through the network (utils.data.dataset.EvalDataset, batched), decode + NMS (utils.postprocess),
 map boxes back to original pixels (utils.preprocess.boxes_to_original), build COCO ground truth from the Darknet
 labels and the real image sizes, and let pycocotools' COCOeval compute the 12 COCO numbers. From the same COCOeval
 run come the per-class AP table, the precision-recall curve at IoU 0.5 and precision/recall/F1 at a chosen
@@ -11,7 +11,7 @@ confidence, so every number here agrees with the official COCO tool.
 
 Two protocols. The default resizes each image as the .data file says (stretch or square letterbox) and keeps each
 box's best class. `rect=True, multi_label=True` is Ultralytics' validation, under which LeYOLO's figures were
-published: rectangular batches (utils/rect_batches.py) and NMS that may keep a box once for each class above `conf`.
+published: rectangular batches (utils/data/rect_batches.py) and NMS that may keep a box once for each class above `conf`.
 Measured, LeYOLONano.pt on coco128 val2017 at 320, conf 0.001, IoU 0.7, mAP@0.5:0.95 / mAP@0.5: square and best
 class 0.3288 / 0.4519; square and multi-label 0.3401 / 0.4680; rect batch 32 and multi-label 0.3421 / 0.4673
 (Ultralytics: 0.3409 / 0.4677 through pycocotools). Multi-label NMS is most of the difference.
@@ -34,11 +34,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from utils.dataset import EvalDataset, collate_eval, load_split
+from utils.boxes import box_iou
+from utils.data.dataset import EvalDataset, collate_eval, load_split
+from utils.data.rect_batches import RectEvalDataset, image_sizes, plan_batches
 from utils.postprocess import decode, nms
 from utils.preprocess import boxes_to_original
-from utils.rect_batches import RectEvalDataset, image_sizes, plan_batches
-from utils.runtimes import TorchRuntime
+from utils.runtimes.backends import TorchRuntime
 
 COCO_STAT_NAMES = ('mAP@0.5:0.95', 'mAP@0.5', 'mAP@0.75', 'mAP small', 'mAP medium', 'mAP large',
                    'AR@1', 'AR@10', 'AR@100', 'AR small', 'AR medium', 'AR large')
@@ -91,11 +92,11 @@ class EvalResult:
 
 
 def as_runtime(model_or_runtime):
-    """A Detector is wrapped so it is called like any backend; a runtime (utils.runtimes) is used as it is."""
+    """A Detector is wrapped so it is called like any backend; a runtime (utils.runtimes.backends) is used as it is."""
     if isinstance(model_or_runtime, torch.nn.Module):
         return TorchRuntime(model_or_runtime)
     if not hasattr(model_or_runtime, 'spec'):
-        raise TypeError(f'expected a Detector or a runtime from utils.runtimes.load_runtime, '
+        raise TypeError(f'expected a Detector or a runtime from utils.runtimes.backends.load_runtime, '
                         f'got {type(model_or_runtime).__name__}')
     return model_or_runtime
 
@@ -236,14 +237,6 @@ def best_f1(scores: np.ndarray, hits: np.ndarray, num_gt: int) -> tuple[float, f
     return float(f1[best]), float(scores[order][best])
 
 
-def iou_matrix(boxes_a_xyxy: np.ndarray, boxes_b_xyxy: np.ndarray) -> np.ndarray:
-    top_left = np.maximum(boxes_a_xyxy[:, None, :2], boxes_b_xyxy[None, :, :2])
-    bottom_right = np.minimum(boxes_a_xyxy[:, None, 2:], boxes_b_xyxy[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), 2)
-    area = lambda b: np.prod(b[:, 2:] - b[:, :2], 1)
-    return inter / (area(boxes_a_xyxy)[:, None] + area(boxes_b_xyxy)[None] - inter + 1e-9)
-
-
 def confusion_matrix(detections: list, gt: dict, num_classes: int, conf: float) -> np.ndarray:
     """(C+1, C+1) counts [predicted class, true class]; index C is background (a missed box or a false alarm).
     Pairs need IoU > 0.5 and are made greedily by IoU: first between boxes of the same class (the true positives),
@@ -256,7 +249,7 @@ def confusion_matrix(detections: list, gt: dict, num_classes: int, conf: float) 
     for image_id, dets in enumerate(detections):
         dets = dets[dets[:, 4] >= conf]
         truth = np.array(gt_by_image.get(image_id, []), dtype=np.float64).reshape(-1, 5)
-        ious = iou_matrix(dets[:, :4].astype(np.float64), truth[:, :4])
+        ious = box_iou(dets[:, None, :4].astype(np.float64), truth[None, :, :4])
         same_class = dets[:, 5, None].astype(int) == truth[None, :, 4].astype(int)
         used_det, used_gt = set(), set()
         for allowed in (same_class, np.ones_like(same_class)):
@@ -306,7 +299,7 @@ def evaluate(model_or_runtime, cfg, conf: float = 0.001, iou: float = 0.6, max_d
     """Evaluate on `split` of the .data config. `conf`/`iou`/`max_det`: NMS settings; `pr_conf`: the confidence
     at which precision/recall/F1 and the confusion matrix are given; `save_json`: write the COCO results file;
     `plots_dir`: write the PR curve and confusion matrix PNGs. `rect`: rectangular batches of `batch_size`
-    (utils/rect_batches.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
+    (utils/data/rect_batches.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
     once per class above `conf` (utils.postprocess.nms). Both together are Ultralytics' validation protocol."""
     runtime = as_runtime(model_or_runtime)
     if rect:
@@ -350,7 +343,7 @@ def evaluate(model_or_runtime, cfg, conf: float = 0.001, iou: float = 0.6, max_d
         save_json.parent.mkdir(parents=True, exist_ok=True)
         save_json.write_text(json.dumps(coco_detections(detections, [json_image_id(p) for p in data.image_paths])))
     if plots_dir is not None:
-        from utils.plots import plot_confusion, plot_pr_curve   # matplotlib is only needed for plots
+        from utils.evaluator.plots import plot_confusion, plot_pr_curve  # matplotlib is only needed for plots
         plot_pr_curve(result, Path(plots_dir) / 'pr_curve.png')
         plot_confusion(result, Path(plots_dir) / 'confusion.png')
     return result

@@ -8,7 +8,7 @@ and to the dataset's normalised [class, cx, cy, w, h] rows.
 After a transform crops the image, boxes are clipped to it and a leftover is dropped when it is thinner than
 `MIN_SIDE_PX` or keeps less than `MIN_AREA_KEPT` of its area: a sliver of an object teaches the detector noise.
 
-The pipeline (used by utils/train_data.py), as in YOLOv5:
+The pipeline (used by utils/data/train_data.py), as in YOLOv5:
     mosaic of 4 images (probability `mosaic`) or one image resized to the input (stretch or letterbox)
     -> random scale + translate (`scale`, `translate`) -> HSV jitter (`hsv_h/s/v`) -> horizontal flip (`flip_lr`)
 """

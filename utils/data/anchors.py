@@ -15,45 +15,35 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.dataset import DatasetError, label_candidates, list_images, parse_labels
+from utils.boxes import wh_iou
+from utils.data.dataset import DatasetError, label_candidates, list_images, parse_labels
 
 RESTART_SAMPLE = 20_000   # boxes the k-means restarts run on: enough to tell a good start from a bad one
 POLISH_SAMPLE = 50_000    # boxes the winner is polished on: more change the anchors by well under a pixel
 
 
-def iou_wh(boxes_wh: np.ndarray, anchors_wh: np.ndarray) -> np.ndarray:
-    """(n, 2) sizes vs (k, 2) sizes -> (n, k) IoU of centre-aligned boxes."""
-    # In place: this runs hundreds of times on (50k, k) arrays; fewer temporaries cut bench/anchors.py by a third.
-    overlap = np.minimum(boxes_wh[:, None, 0], anchors_wh[None, :, 0])
-    overlap *= np.minimum(boxes_wh[:, None, 1], anchors_wh[None, :, 1])
-    union = (boxes_wh[:, 0] * boxes_wh[:, 1])[:, None] + (anchors_wh[:, 0] * anchors_wh[:, 1])[None, :]
-    union -= overlap
-    overlap /= union
-    return overlap
-
-
 def mean_best_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray) -> float:
     """Mean over boxes of the IoU with their best anchor: the figure k-means anchors are judged by."""
-    return float(iou_wh(boxes_wh, anchors_wh).max(1).mean())
+    return float(wh_iou(boxes_wh, anchors_wh).max(1).mean())
 
 
 def _seed_kmeans_plus_plus(boxes_wh: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++: each new centre is a box drawn with probability proportional to its squared distance to the
     nearest centre so far, which spreads the start over the size range."""
     centres = [boxes_wh[rng.integers(len(boxes_wh))]]
-    distance = 1 - iou_wh(boxes_wh, np.array(centres))[:, 0]
+    distance = 1 - wh_iou(boxes_wh, np.array(centres))[:, 0]
     for _ in range(1, k):
         weights = distance ** 2
         total = weights.sum()
         index = rng.choice(len(boxes_wh), p=weights / total) if total > 0 else rng.integers(len(boxes_wh))
         centres.append(boxes_wh[index])
-        distance = np.minimum(distance, 1 - iou_wh(boxes_wh, boxes_wh[index][None])[:, 0])
+        distance = np.minimum(distance, 1 - wh_iou(boxes_wh, boxes_wh[index][None])[:, 0])
     return np.array(centres, dtype=boxes_wh.dtype)
 
 
 def _assign(boxes_wh: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of each box's best-IoU centre; an empty cluster takes over the worst-covered box, so none stays empty."""
-    iou = iou_wh(boxes_wh, centres)
+    iou = wh_iou(boxes_wh, centres)
     assignment = iou.argmax(1)
     empties = np.flatnonzero(np.bincount(assignment, minlength=len(centres)) == 0)
     best = iou.max(1) if len(empties) else None
@@ -86,7 +76,7 @@ def _best_iou_centre(boxes_wh: np.ndarray, start_wh: np.ndarray, rounds: int = 4
     for _ in range(rounds):
         offsets = np.linspace(-span, span, 9)
         candidates = np.exp(log_centre + np.stack(np.meshgrid(offsets, offsets), -1).reshape(-1, 2))
-        log_centre = np.log(candidates[iou_wh(boxes_wh, candidates).sum(0).argmax()])
+        log_centre = np.log(candidates[wh_iou(boxes_wh, candidates).sum(0).argmax()])
         span /= 3
     return np.exp(log_centre)
 
@@ -132,7 +122,7 @@ def anchor_fitness(boxes_wh_px: np.ndarray, anchors_px: np.ndarray) -> dict:
     mean_iou: mean over boxes of the best anchor IoU;
     recall_iou50: share of boxes whose best anchor IoU is above 0.5 (best possible recall at IoU 0.5);
     recall_ratio4: YOLOv5's check, share of boxes with an anchor within a factor 4 in both width and height."""
-    iou = iou_wh(boxes_wh_px, anchors_px).max(1)
+    iou = wh_iou(boxes_wh_px, anchors_px).max(1)
     ratio = boxes_wh_px[:, None, :] / anchors_px[None, :, :]
     worst_side = np.minimum(ratio, 1 / ratio).min(2)       # (n, k): the worse of the two side ratios, <= 1
     return {'mean_iou': float(iou.mean()), 'recall_iou50': float((iou > 0.5).mean()),
