@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# The grey of letterbox padding and of the borders augmentation uncovers (YOLOv5's; the released LeYOLO weights
+# were trained and evaluated with it).
+PAD_VALUE = 114
+
 
 @dataclass(frozen=True)
 class ResizeInfo:
@@ -27,7 +31,7 @@ class ResizeInfo:
 
 
 def resize_image(image_bgr: np.ndarray, width: int, height: int, letterbox: bool,
-                 pad_value: int = 114) -> tuple[np.ndarray, ResizeInfo]:
+                 pad_value: int = PAD_VALUE) -> tuple[np.ndarray, ResizeInfo]:
     """Return the (height, width, 3) uint8 network input and how it maps to the original pixels."""
     h0, w0 = image_bgr.shape[:2]
     if not letterbox:
@@ -42,7 +46,7 @@ def resize_image(image_bgr: np.ndarray, width: int, height: int, letterbox: bool
     return padded, ResizeInfo(ratio, ratio, float(left), float(top), w0, h0)
 
 
-def pad_centred(image_bgr: np.ndarray, width: int, height: int, pad_value: int = 114) -> tuple[np.ndarray, int, int]:
+def pad_centred(image_bgr: np.ndarray, width: int, height: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, int, int]:
     """The image centred in width x height px of grey; returns (padded image, left pad px, top pad px)."""
     h, w = image_bgr.shape[:2]
     # Split odd padding the way Ultralytics does (the extra pixel at the bottom / right), so LeYOLO's published

@@ -17,9 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.preprocess import resize_image
+from utils.preprocess import PAD_VALUE, resize_image
 
-PAD_VALUE = 114          # grey for the border that scaling and mosaic uncover (the letterbox pad value too)
 MIN_SIDE_PX = 2.0        # a clipped box thinner than this (in output pixels) is dropped
 MIN_AREA_KEPT = 0.1      # a clipped box keeping less than this fraction of its area is dropped
 

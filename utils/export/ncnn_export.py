@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 import torch
 
+from utils.preprocess import PAD_VALUE
 from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM, sidecar_path
 
 # Detection thresholds written into the sidecar for the C++ app (Yolo-FastestV2's demo values).
@@ -195,7 +196,7 @@ def ncnn_blob_names(param_path) -> tuple[str, list[str]]:
     return input_blob, sorted(outputs, key=lambda name: int(name[3:]))
 
 
-def write_sidecar(param_path, spec, class_names, letterbox: bool, pad_value: int = 114,
+def write_sidecar(param_path, spec, class_names, letterbox: bool, pad_value: int = PAD_VALUE,
                   conf_thresh: float = DEFAULT_CONF_THRESH, nms_iou: float = DEFAULT_NMS_IOU) -> Path:
     """`X.json` beside `X.param`: everything the C++ app needs to feed the net and decode its outputs."""
     input_blob, output_blobs = ncnn_blob_names(param_path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.preprocess import resize_image, to_input_tensor
+from utils.preprocess import PAD_VALUE, resize_image, to_input_tensor
 
 HISTOGRAM_BINS = 2048
 TARGET_BINS = 128
@@ -33,7 +33,7 @@ def weight_scales(layer_type: str, weights: np.ndarray, num_rows: int, kernel_3x
     return np.where(absmax > 0, levels / np.maximum(absmax, 1e-30), 1.0).astype(np.float32)
 
 
-def load_calibration_inputs(image_paths: list, width: int, height: int, letterbox: bool, pad_value: int = 114):
+def load_calibration_inputs(image_paths: list, width: int, height: int, letterbox: bool, pad_value: int = PAD_VALUE):
     """Yield (path, float32 CHW BGR 0..1) through the deployment pre-processing; unreadable paths are yielded
     as (path, None) so the caller can count them."""
     for path in image_paths:

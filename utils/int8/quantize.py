@@ -30,6 +30,7 @@ from utils.int8.calibrate import (
     weight_scales,
 )
 from utils.int8.write import QUANTIZABLE_TYPES, LayerScales, read_ncnn_model, write_int8_model
+from utils.preprocess import PAD_VALUE
 
 METHODS = ('kl', 'minmax', 'mse')
 
@@ -113,7 +114,7 @@ def end_layers(model) -> list:
 
 
 def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: int, letterbox: bool,
-                  out_param, out_bin, method: str = 'mse', keep_fp32: tuple = (), pad_value: int = 114,
+                  out_param, out_bin, method: str = 'mse', keep_fp32: tuple = (), pad_value: int = PAD_VALUE,
                   check_images: int = 4, mse_images: int = 32, bias_correction: bool = False,
                   depthwise_fp32: bool = True, ends_fp32: bool = True, fp16_kept: bool = False) -> Int8Report:
     """Calibrate the fp32 model `param_path/bin_path` on `calib_images` and write its INT8 version.
