@@ -25,14 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.errors import LeYOLOImportError
 from model.leyolo import BN_EPS, LeYOLO
 from model.leyolo_head import LeYOLOHead
 
 PARTS = ('backbone', 'neck', 'head')
-
-
-class LeYOLOImportError(ValueError):
-    """A file that is not a LeYOLO checkpoint, or one that does not fit the model. The message names the file."""
 
 
 class StandIn:

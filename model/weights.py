@@ -20,10 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-class WeightsError(ValueError):
-    """A weights file that does not fit the model (or is not a weights file). The message names the file."""
-
+from model.errors import WeightsError
 
 # Released Yolo-FastestV2 name prefix -> our name prefix. Their FPN module held the towers and the 1x1 convs;
 # we split them into neck (1x1 convs) and head (towers + shared output convs).

@@ -9,7 +9,7 @@ Two dialects load through the same parser:
   accept and ignore (`eval`, `map`, `gpus`, ...).
 
 Every error is a `ConfigError` whose message starts with `file:line:` and names the key, so a user can jump to it.
-This module imports nothing else of the project: it sits at the bottom of the import graph.
+It imports only utils/errors.py of the project: it sits at the bottom of the import graph.
 """
 from __future__ import annotations
 
@@ -20,10 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A problem in a .data file (or a file it points to). The message names the file and line."""
-
+from utils.errors import ConfigError
 
 # Architectures this trainer builds, with the strides of their output scales. `model/build.py` maps the same
 # names to constructors; it checks that both agree, so adding a model is one line here and one there.

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.errors import DatasetError
 from utils.preprocess import resize_image
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.pbm', '.pgm', '.ppm',
@@ -38,10 +39,6 @@ MIRROR_FOLDERS = ('images', 'JPEGImages')   # Darknet's layout: .../images/a/x.j
 COORD_TOLERANCE = 1e-3                       # converters' rounding overshoot we clip instead of rejecting
 CACHE_VERSION = 1
 REASONS_SHOWN = 5                            # how many problems the printed summary lists
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given. The message names the file (and line) at fault."""
 
 
 @dataclass

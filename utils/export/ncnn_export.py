@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 import torch
 
+from utils.errors import ExportError
 from utils.preprocess import PAD_VALUE
 from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM, sidecar_path
 
@@ -47,10 +48,6 @@ from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEM
 DEFAULT_CONF_THRESH = 0.3
 DEFAULT_NMS_IOU = 0.4
 INPUT_NAME = 'in0'   # the names pnnx gives, used in the ONNX too so every backend speaks of the same blobs
-
-
-class ExportError(RuntimeError):
-    """A step of the export failed; the message says which step and why."""
 
 
 def output_names(num_outputs: int) -> list[str]:

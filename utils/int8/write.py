@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import NcnnModelError
 from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM
 
 PARAM_MAGIC = 7767517
@@ -41,10 +42,6 @@ WEIGHTLESS_TYPES = {
     'ELU', 'Mish', 'Reduction', 'GELU', 'SELU', 'Threshold', 'Exp', 'Log', 'Power', 'AbsVal', 'Cast', 'Packing',
     'Flip', 'Tile', 'CopyTo', 'Erf', 'PixelShuffle', 'Reorg', 'DeepCopy', 'ArgMax', 'Yolov3DetectionOutput',
 }
-
-
-class NcnnModelError(ValueError):
-    """A .param/.bin this module cannot read or rewrite; the message names the file and line."""
 
 
 @dataclass
