@@ -10,8 +10,8 @@ The strict comparison reads the ../shared/images JPEGs re-saved as PNG: the app 
 with libjpeg, and the two JPEG decoders differ by a few grey levels. What that costs is bounded separately.
 The aarch64 build runs under qemu (Cortex-A53) on the same images.
 
-INT8 (utils/int8/quantize.py, what `pytorch2onnx.py --int8` writes): NCNN's INT8 kernels round differently per instruction
-set, and INT8 turns a one-step rounding difference early in the net into visible score and box jitter (as it does
+INT8 (utils/int8/quantize.py, what `pytorch2onnx.py --int8` writes): NCNN's INT8 kernels round differently per
+instruction set, and INT8 turns a one-step rounding difference early in the net into visible score and box jitter (as it does
 a grey level of resize difference). So the INT8 models are fed images already at the network's input size (both
 sides skip resizing and see the same pixels), and:
 - an all-INT8 model (every conv INT8: integer arithmetic, exact in any build) run by the app built with the
@@ -438,8 +438,8 @@ def truncated(sidecar):
     (replaced('letterbox', 0), r'bad\.json:\d+: key "letterbox" must be true or false'),
     (replaced('output_blobs', '794'), r'bad\.json:\d+: key "output_blobs" must be a list of blob names'),
     (replaced('strides', [16.5, 32]), r'bad\.json:\d+: a stride must be an integer >= 1, got 16\.5'),
-    (replaced('anchors_px', [[12, 19], [37, 51]]), r'bad\.json:\d+: each "anchors_px" entry must be a non-empty '
-                                                   r'list of \[w, h\]'),
+    (replaced('anchors_px', [[], []]), r'bad\.json:\d+: each "anchors_px" entry must be a non-empty list of \[w, h\]'),
+    (replaced('anchors_px', [[12, 19], [37, 51]]), r'bad\.json:\d+: an anchor must be \[w, h\] in input pixels'),
     (first_anchor('"12.64"'), r'bad\.json:\d+: an anchor width must be a number'),
     (first_anchor('null', side=1), r'bad\.json:\d+: an anchor height must be a number'),
     (replaced('input_width', 1e12), r'bad\.json:\d+: "input_width" must be an integer <= 2147483647, got 1e\+12'),

@@ -1,5 +1,8 @@
 #include "minijson.h"
 
+#include <algorithm>
+#include <clocale>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -7,6 +10,10 @@
 
 namespace minijson {
 namespace {
+
+// Arrays and objects nest at most this deep. The sidecar needs 4 levels (the object, "anchors_px", one list per
+// stride, [w, h]); the limit keeps a hostile or corrupt file from exhausting the stack of this recursive parser.
+const int kMaxDepth = 32;
 
 class Parser {
 public:
@@ -24,6 +31,7 @@ private:
     const std::string& source_;
     size_t pos_ = 0;
     int line_ = 1;
+    int depth_ = 0;  // arrays and objects open around the value being parsed
 
     [[noreturn]] void fail(const std::string& what) const {
         throw std::runtime_error(source_ + ":" + std::to_string(line_) + ": " + what);
@@ -56,11 +64,63 @@ private:
         return true;
     }
 
+    // Counts one level of nesting for the lifetime of an array or object being parsed.
+    class DepthGuard {
+    public:
+        explicit DepthGuard(Parser& parser) : parser_(parser) {
+            if (++parser_.depth_ > kMaxDepth)
+                parser_.fail("arrays and objects nested more than " + std::to_string(kMaxDepth) + " deep");
+        }
+        ~DepthGuard() { parser_.depth_--; }
+        DepthGuard(const DepthGuard&) = delete;
+        DepthGuard& operator=(const DepthGuard&) = delete;
+
+    private:
+        Parser& parser_;
+    };
+
+    bool at_digit() const { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; }
+
+    void skip_digits() {
+        while (at_digit()) pos_++;
+    }
+
+    // JSON's number grammar, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, checked before strtod sees the text:
+    // strtod alone would also take "-Infinity", "-nan" and hex. A value that overflows a double (1e999) is refused
+    // too, so every Number holds a finite value.
+    double parse_number() {
+        const size_t start = pos_;
+        if (text_[pos_] == '-') pos_++;
+        if (!at_digit()) fail("expected a digit after '-'");
+        if (text_[pos_] == '0') pos_++;
+        else skip_digits();
+        if (pos_ < text_.size() && text_[pos_] == '.') {
+            pos_++;
+            if (!at_digit()) fail("expected a digit after the decimal point");
+            skip_digits();
+        }
+        if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
+            pos_++;
+            if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) pos_++;
+            if (!at_digit()) fail("expected a digit in the exponent");
+            skip_digits();
+        }
+        const std::string literal = text_.substr(start, pos_ - start);
+        // strtod reads the C locale's decimal point; an app that set another (a ',') must still read "0.5".
+        std::string local = literal;
+        const char point = *std::localeconv()->decimal_point;
+        if (point != '.' && point != '\0') std::replace(local.begin(), local.end(), '.', point);
+        const double number = std::strtod(local.c_str(), nullptr);
+        if (!std::isfinite(number)) fail("number " + literal + " is out of range");
+        return number;
+    }
+
     Value parse_value() {
         char c = peek();
         Value value;
         value.line = line_;
         if (c == '{') {
+            DepthGuard guard(*this);
             value.type = Value::Type::Object;
             pos_++;
             if (peek() == '}') { pos_++; return value; }
@@ -77,6 +137,7 @@ private:
             }
         }
         if (c == '[') {
+            DepthGuard guard(*this);
             value.type = Value::Type::Array;
             pos_++;
             if (peek() == ']') { pos_++; return value; }
@@ -98,11 +159,8 @@ private:
         if (consume_word("false")) { value.type = Value::Type::Bool; return value; }
         if (consume_word("null")) return value;
         if (c == '-' || (c >= '0' && c <= '9')) {
-            const char* start = text_.c_str() + pos_;
-            char* end = nullptr;
             value.type = Value::Type::Number;
-            value.number = std::strtod(start, &end);
-            pos_ += static_cast<size_t>(end - start);
+            value.number = parse_number();
             return value;
         }
         fail(std::string("unexpected character '") + c + "'");
@@ -166,6 +224,7 @@ private:
                     if (code >= 0xD800 && code < 0xDC00 && text_.compare(pos_, 2, "\\u") == 0) {
                         pos_ += 2;
                         unsigned low = parse_hex4();
+                        if (low < 0xDC00 || low > 0xDFFF) fail("a high surrogate \\u escape without its low half");
                         code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
                     }
                     append_utf8(out, code);

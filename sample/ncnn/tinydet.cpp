@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <stdexcept>
 
 #include "minijson.h"
@@ -39,11 +41,41 @@ struct SidecarReader {
         return value.number;
     }
 
+    static std::string shown(double n) {
+        char text[32];
+        std::snprintf(text, sizeof text, "%g", n);
+        return text;
+    }
+
     int integer(const Value& value, const std::string& what, int minimum) const {
         double n = number(value, what);
         if (n != std::floor(n) || n < minimum)
             fail(value, what + " must be an integer >= " + std::to_string(minimum) + ", got " + std::to_string(n));
+        // Beyond int's range the conversion below would be undefined behaviour.
+        if (n > std::numeric_limits<int>::max())
+            fail(value, what + " must be an integer <= " + std::to_string(std::numeric_limits<int>::max()) +
+                            ", got " + shown(n));
         return static_cast<int>(n);
+    }
+
+    // minijson only holds finite numbers; one above float's range would still become inf here.
+    float to_float(const Value& value, const std::string& what) const {
+        double n = number(value, what);
+        if (std::fabs(n) > std::numeric_limits<float>::max())
+            fail(value, what + " is out of float range, got " + shown(n));
+        return static_cast<float>(n);
+    }
+
+    float positive(const Value& value, const std::string& what) const {
+        float n = to_float(value, what);
+        if (!(n > 0.0f)) fail(value, what + " must be > 0, got " + shown(n));
+        return n;
+    }
+
+    float fraction(const Value& value, const std::string& what) const {
+        float n = to_float(value, what);
+        if (n < 0.0f || n > 1.0f) fail(value, what + " must be in [0, 1], got " + shown(n));
+        return n;
     }
 
     int integer(const char* key, int minimum) const {
@@ -52,9 +84,9 @@ struct SidecarReader {
 
     std::string string(const char* key) const { return require(key, Value::Type::String, "a string").string; }
 
-    float optional_number(const char* key, float fallback) const {
+    float optional_fraction(const char* key, float fallback) const {
         const Value* value = find(key);
-        return value ? static_cast<float>(number(*value, std::string("\"") + key + "\"")) : fallback;
+        return value ? fraction(*value, std::string("\"") + key + "\"") : fallback;
     }
 };
 
@@ -70,7 +102,7 @@ ModelInfo read_model_info(const std::string& path, const Value& root) {
     if (info.channel_order != "bgr" && info.channel_order != "rgb")
         r.fail(*r.find("channel_order"), "\"channel_order\" must be \"bgr\" or \"rgb\", got \"" +
                                              info.channel_order + "\"");
-    info.scale = static_cast<float>(r.number(r.require("scale", Value::Type::Number, "a number"), "\"scale\""));
+    info.scale = r.positive(r.require("scale", Value::Type::Number, "a number"), "\"scale\"");
     info.input_blob = r.string("input_blob");
     for (const Value& name : r.require("output_blobs", Value::Type::Array, "a list of blob names").array) {
         if (name.type != Value::Type::String) r.fail(name, "\"output_blobs\" must hold strings");
@@ -97,8 +129,8 @@ ModelInfo read_model_info(const std::string& path, const Value& root) {
             for (const Value& wh : per_scale.array) {
                 if (wh.type != Value::Type::Array || wh.array.size() != 2)
                     r.fail(wh, "an anchor must be [w, h] in input pixels");
-                scale_anchors.emplace_back(static_cast<float>(r.number(wh.array[0], "an anchor width")),
-                                           static_cast<float>(r.number(wh.array[1], "an anchor height")));
+                scale_anchors.emplace_back(r.positive(wh.array[0], "an anchor width"),
+                                           r.positive(wh.array[1], "an anchor height"));
             }
             info.anchors_px.push_back(scale_anchors);
         }
@@ -114,8 +146,8 @@ ModelInfo read_model_info(const std::string& path, const Value& root) {
             r.fail(*names, std::to_string(info.class_names.size()) + " class names for num_classes " +
                                std::to_string(info.num_classes));
     }
-    info.conf_thresh = r.optional_number("conf_thresh", info.conf_thresh);
-    info.nms_iou = r.optional_number("nms_iou", info.nms_iou);
+    info.conf_thresh = r.optional_fraction("conf_thresh", info.conf_thresh);
+    info.nms_iou = r.optional_fraction("nms_iou", info.nms_iou);
     if (r.find("max_det")) info.max_det = r.integer("max_det", 1);
     return info;
 }
@@ -170,7 +202,7 @@ ncnn::Mat make_input(const ModelInfo& info, const unsigned char* pixels, int wid
     return input;
 }
 
-// ---- decode: the deployment layout of docs/CONTRACT.md, as utils/postprocess.py reads it ---------------------
+// ---- decode: the deployment layout of docs/architecture.md, as utils/postprocess.py reads it ---------------------
 
 struct Candidate {
     float x1, y1, x2, y2;  // network-input pixels
@@ -282,7 +314,7 @@ Detector::Detector(const std::string& param_path, const std::string& bin_path, c
     if (net_.load_param(param_path.c_str()) != 0)
         throw std::runtime_error(param_path + ": NCNN could not read this .param file");
     // The export marks the stem conv "no im2col+GEMM" (featmask bit 5): NCNN's direct kernel is faster on one
-    // thread but runs on one thread only, so with more threads the GEMM path wins (as utils/ncnn_runtime.py does).
+    // thread but runs on one thread only, so with more threads the GEMM path wins (as utils/runtimes/ncnn_runtime.py does).
     if (options.num_threads > 1)
         for (ncnn::Layer* layer : net_.mutable_layers()) layer->featmask &= ~(1 << 5);
     if (net_.load_model(bin_path.c_str()) != 0)
