@@ -7,7 +7,7 @@ Protocols (utils/evaluator/evaluator.py), all pycocotools, conf 0.001, NMS IoU 0
     square        square letterbox per image, each box its best class (this project's default)
     square-ml     square letterbox, multi-label NMS
     rect-ml       rectangular batches of 32 (pad 0.5) and multi-label NMS: Ultralytics' val
-The reference (../shared/notes/leyolo.md section 9): square 0.3288 / 0.4519 at 320 (the fork's model and NMS);
+The reference (the fork's own figures, Ultralytics' val): square 0.3288 / 0.4519 at 320 (the fork's model and NMS);
 Ultralytics' val 0.341 / 0.468 at 320 and 0.407 / 0.558 at 640 (mAP@0.5:0.95 / mAP@0.5, pycocotools).
 PASS when rect-ml is within 0.005 of Ultralytics' val at every side measured. Exit 0 PASS, 1 FAIL, 2 without ../shared.
 Measured (1 thread, about 6 minutes on the loaded machine): 320 square 0.3288 / 0.4519, square-ml 0.3401 / 0.4680,

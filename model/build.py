@@ -1,48 +1,13 @@
-"""Config -> Detector. Adding a model is one function here plus one line in `BODIES` (and its strides in
-utils/config.py's MODEL_STRIDES; `build_model` checks that the two agree)."""
+"""Config -> Detector: the body `model/architectures.py` names, the head the config asks for, and the weights
+(`backbone_weights`, then `pre_weights`)."""
 from __future__ import annotations
 
-import torch
-from torch import nn
-
+from model.architectures import ARCHITECTURES
 from model.detector import Detector
-from model.fpn import LightFPN
+from model.errors import WeightsError
 from model.heads import AnchorHead
-from model.shufflenetv2 import ShuffleNetV2
 from model.spec import HeadSpec
-from model.weights import WeightsError, load_backbone_weights, load_weights
-
-
-def yolo_fastestv2_body() -> tuple[nn.Module, nn.Module, tuple]:
-    backbone = ShuffleNetV2()
-    neck = LightFPN(backbone.out_channels, width=72)
-    return backbone, neck, neck.out_channels
-
-
-def leyolo_body(variant: str) -> tuple[nn.Module, None, tuple]:
-    from model.leyolo import LeYOLO  # imported here so that Yolo-FastestV2 builds without the LeYOLO files
-    body = LeYOLO(variant)            # backbone and FPAN neck in one module
-    return body, None, tuple(body.out_channels)
-
-
-# model name in the .data file -> (backbone, neck or None, neck output channels per scale)
-BODIES = {
-    'yolo-fastestv2': yolo_fastestv2_body,
-    'leyolo-nano': lambda: leyolo_body('nano'),
-    'leyolo-small': lambda: leyolo_body('small'),
-    'leyolo-medium': lambda: leyolo_body('medium'),
-    'leyolo-large': lambda: leyolo_body('large'),
-}
-
-
-def measure_strides(backbone: nn.Module, neck: nn.Module | None, side_px: int = 128) -> tuple:
-    """Strides of the feature maps the body really produces, from one small forward pass."""
-    was_training = backbone.training
-    body = nn.Sequential(backbone, neck if neck is not None else nn.Identity()).eval()
-    with torch.no_grad():
-        features = body(torch.zeros(1, 3, side_px, side_px))
-    body.train(was_training)
-    return tuple(side_px // f.shape[-1] for f in features)
+from model.weights import load_backbone_weights, load_weights
 
 
 def make_spec(cfg) -> HeadSpec:
@@ -66,14 +31,7 @@ def build_model(cfg, log=print) -> Detector:
     `pre_weights` loads every tensor whose name and shape match (so COCO weights can start a model with other
     classes); the tensors it skips are reported. Without `pre_weights` the anchor head gets its objectness prior.
     """
-    if cfg.model not in BODIES:
-        raise ValueError(f'{cfg.where("model")}: model "{cfg.model}" has no constructor in model/build.py; '
-                         f'known: {", ".join(BODIES)}')
-    backbone, neck, channels = BODIES[cfg.model]()
-    strides = measure_strides(backbone, neck)
-    if strides != tuple(cfg.strides):
-        raise ValueError(f'{cfg.model}: the network gives strides {strides} but utils/config.py MODEL_STRIDES '
-                         f'says {tuple(cfg.strides)}; fix one of them')
+    backbone, neck, channels = ARCHITECTURES[cfg.model].build_body()
     spec = make_spec(cfg)
     if cfg.head == 'anchor':
         head = AnchorHead(channels, cfg.anchor_num, cfg.classes)

@@ -1,6 +1,6 @@
 """LeYOLO's body: a MobileNetV3-style backbone (inverted bottlenecks, no squeeze-excitation) + SPPF + the FPAN neck.
 
-Follows ../shared/notes/leyolo.md (the fork LilianHollard/LeYOLO, Ultralytics 8.1.4 base). `LeYOLO(variant)`
+Follows the LeYOLO fork (LilianHollard/LeYOLO, Ultralytics 8.1.4 base). `LeYOLO(variant)`
 takes an RGB-trained network's input (the importer permutes the first conv for BGR, see model/leyolo_import.py)
 and returns the three maps [p3, p4, p5] (strides 8, 16, 32) that feed the head.
 
@@ -15,7 +15,7 @@ The variants, with channels already width-scaled (nano width 1.0, the others 1.3
 * medium = small with deeper stages and a block that widens P3 and P5 to 88 channels at the ends of the neck;
 * large = the medium network (the fork's two yaml files are identical; "large" is trained and run at 768).
 For medium/large the heads read the ends of the three neck paths (fork layers 29, 35, 41), the FPAN design's intent,
-not the published yaml's [27, 32, 37], which leaves four layers unused (see the notes, section 3.3).
+not the published yaml's [27, 32, 37], which leaves four layers unused.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _repeat(row: tuple, times: int) -> list:
 
 
 # Per variant, each stage as rows (c_in, hidden, c_out, dw kernel, stride[, expand]), in the fork's layer order.
-# Fork layer numbers (nano/small | medium) are in the comments, to check against the notes' tables.
+# Fork layer numbers (nano/small | medium) are in the comments, to check against the fork's model files.
 VARIANTS = {
     'nano': dict(
         stem=(3, 16),                                                             # 0-1
@@ -142,7 +142,7 @@ VARIANTS = {
 }
 VARIANTS['large'] = VARIANTS['medium']   # the same network, run at 768 instead of 640
 
-# Input side of the published accuracy figures (the notes, section 6), for tables and FLOP counts.
+# Input side of the published accuracy figures (the LeYOLO paper), for tables and FLOP counts.
 PAPER_INPUT_PX = {'nano': 320, 'small': 480, 'medium': 640, 'large': 768}
 
 

@@ -1,4 +1,4 @@
-"""LeYOLO body, head and weight import, checked against ../shared/notes/leyolo.md (parameter counts computed from the
+"""LeYOLO body, head and weight import, checked against the LeYOLO fork (parameter counts computed from the
 fork) and ../shared/reference/leyolo_nano_raw_320.pt (outputs of the fork's own fp32 model on a fixed input)."""
 import collections
 
@@ -12,7 +12,7 @@ from model.leyolo_head import LeYOLOHead
 from model.leyolo_import import LeYOLOImportError, import_leyolo
 from model.spec import HeadSpec
 
-# From the notes (section 3, 6): the fork's parameter counts, the 16 fixed DFL weights included. Medium/large use
+# The fork's parameter counts, the 16 fixed DFL weights included. Medium/large use
 # the intended head wiring (neck path ends 29/35/41), the project's documented decision: 2,388,920, not the
 # as-written 2,402,744 (which carries 298,072 parameters of dead layers and a 256-channel P5 input).
 FORK_PARAMETERS = {'nano': 1_120_480, 'small': 1_917_440, 'medium': 2_388_920, 'large': 2_388_920}
@@ -98,7 +98,7 @@ def test_nano_reproduces_the_fork_outputs(nano_imported):
         assert (torch.cat((box, cls), 1) - reference[name]).abs().max() <= 1e-4, name
 
     # Decode the deployment layout independently of our code: anchors at cell centres, P3 then P4 then P5,
-    # row-major; box = (anchor -/+ distances) * stride as xywh pixels, then the class sigmoids (notes 2.6).
+    # row-major; box = (anchor -/+ distances) * stride as xywh pixels, then the class sigmoids (the fork's Detect decode).
     rows, ltrb_rows = [], []
     for stride, out in zip((8, 16, 32), deployed):
         _, h, w, _ = out.shape
@@ -111,7 +111,7 @@ def test_nano_reproduces_the_fork_outputs(nano_imported):
     y = torch.cat(rows).T
     assert (torch.cat(ltrb_rows).T - reference['dfl_ltrb'][0]).abs().max() <= 1e-4
     assert (y[4:] - reference['y'][0, 4:]).abs().max() <= 1e-4                 # class scores
-    # box pixels reach ~470, where float32 rounding alone is ~3e-5 per operation (notes section 8)
+    # box pixels reach ~470, where float32 rounding alone is ~3e-5 per operation
     assert (y[:4] - reference['y'][0, :4]).abs().max() <= 1e-3
     assert torch.allclose(y[:4], reference['y'][0, :4], rtol=1e-5, atol=1e-4)
 
@@ -156,7 +156,7 @@ def test_wrong_variant_and_foreign_files_are_refused(tmp_path):
 
 
 def ultralytics_gflops(model: Detector, height: int, width: int) -> float:
-    """GFLOPs as the fork prints them (notes section 6): 2 x (conv MACs + 4 per output element of each BatchNorm
+    """GFLOPs as the fork prints them: 2 x (conv MACs + 4 per output element of each BatchNorm
     that Ultralytics' fuse() leaves, i.e. all but those after bias-free convs + 1 per upsampled element), with
     the DFL expectation counted as the fork's 16->1 1x1 conv."""
     folded = {id(m.bn) for m in model.modules() if isinstance(m, ConvBnAct) and m.conv.bias is None}
@@ -186,7 +186,7 @@ def ultralytics_gflops(model: Detector, height: int, width: int) -> float:
     return 2 * (counts['macs'] + dfl_macs + 4 * counts['bn'] + counts['upsampled']) / 1e9
 
 
-# The notes' table (section 6; medium/large intended wiring from section 3.3), computed on the fork's model.
+# The fork's printed table, computed on the fork's model (medium/large with the intended neck wiring).
 FORK_GFLOPS = [('nano', 320, 0.660, 3), ('nano', 640, 2.641, 3), ('small', 480, 2.534, 3), ('small', 640, 4.505, 3),
                ('medium', 640, 5.90, 2), ('large', 768, 8.49, 2)]
 
@@ -199,7 +199,7 @@ def test_flops_match_the_fork(variant, side, gflops, digits):
 
 def test_nano_coco128_map_matches_the_fork(tmp_path, nano_imported):
     """The fork's model + NMS on coco128 val @320 square letterbox scores mAP50-95 0.3288, mAP50 0.4519 with
-    pycocotools (notes section 9). Ours: the imported weights through our resize, BGR input and evaluator."""
+    pycocotools (the fork's own validation). Ours: the imported weights through our resize, BGR input and evaluator."""
     from utils.config import load_config
     from utils.evaluator import evaluate
 

@@ -1,6 +1,6 @@
 """Rectangular-batch evaluation (utils/data/rect_batches.py) and multi-label NMS: batch shapes worked out by hand, a
 drawn square found again in original pixels, and LeYOLONano.pt on coco128 val2017 against Ultralytics' own
-validation figures at 320 (../shared/notes/leyolo.md section 9). The 640 figure is bench/leyolo_protocols.py's
+validation figures at 320 (Ultralytics' val of the fork). The 640 figure is bench/leyolo_protocols.py's
 (about a minute of CPU: too slow for the suite)."""
 import re
 from pathlib import Path
@@ -164,7 +164,7 @@ def test_rect_boxes_agree_with_square_letterbox_boxes(nano_runtime):
 
 def test_evaluation_py_rect_multi_label_reproduces_ultralytics_val_at_320(tmp_path, capsys):
     """Ultralytics' val (rect batches of 32, pad 0.5, multi-label NMS, conf 0.001, IoU 0.7) gives 0.341 / 0.468 on
-    coco128 val2017 at 320 (0.3409 / 0.4677 through pycocotools, notes section 9). Through evaluation.py as a user
+    coco128 val2017 at 320 (0.3409 / 0.4677 through pycocotools). Through evaluation.py as a user
     runs it (--rect takes batch 32 by default). Measured: 0.3421 / 0.4673."""
     import evaluation
     data = write_data(tmp_path, 320)

@@ -1,6 +1,5 @@
 """Models: the released Yolo-FastestV2 weights reproduce the reference outputs; shapes and the export layout of
 every variant; the config -> model checks."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from conftest import shared_path
 
+from model.architectures import ARCHITECTURES
 from model.build import build_model
 from model.weights import load_weights
 from utils.config import YFV2_COCO_ANCHORS_352, YOLOV5_COCO_ANCHORS_640, Config
@@ -94,10 +94,6 @@ def test_export_layout_is_sigmoid_softmax_of_reference_logits_in_nhwc():
         assert torch.allclose(out[..., 15:].sum(-1), torch.ones(n, h, w), atol=1e-5)
 
 
-def has_module(name):
-    return importlib.util.find_spec(name) is not None
-
-
 def test_training_layout_gives_the_reference_formulation_outputs_and_gradients():
     """Training runs channels-last, splits channels through strided views and applies the stem's ReLU after the
     max-pool (model/shufflenetv2.py). Outputs and every gradient must equal the reference formulation: NCHW,
@@ -131,10 +127,6 @@ VARIANTS = [('yolo-fastestv2', 'anchor')] + [(f'leyolo-{v}', head) for v in ('na
 @pytest.mark.parametrize('width,height', [(352, 352), (416, 320)])
 @pytest.mark.parametrize('model_name,head', VARIANTS)
 def test_forward_shapes(model_name, head, width, height):
-    if model_name.startswith('leyolo') and not has_module('model.leyolo'):
-        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
-    if head == 'leyolo' and not has_module('model.leyolo_head'):
-        pytest.skip('model/leyolo_head.py has not landed yet (LeYOLO engineer)')
     classes = 7
     model = build_model(make_cfg(model_name, head, width, height, classes=classes), log=lambda *_: None).eval()
     x = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
@@ -173,19 +165,22 @@ def test_objectness_prior_when_training_from_scratch():
 
 
 def test_objectness_prior_per_scale_when_widths_differ():
-    if not has_module('model.leyolo'):
-        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
     model = build_model(make_cfg('leyolo-nano', 'anchor', 320, 320), log=lambda *_: None)
     assert not model.head.shared_outputs and len(model.head.obj_outs) == 3   # P3/P4/P5 widths 32/64/96
     for conv, stride in zip(model.head.obj_outs, (8, 16, 32)):
         assert torch.allclose(conv.bias, torch.full((3,), math.log(8 / (320 / stride) ** 2)))
 
 
-def test_strides_disagreeing_with_the_config_table_fail(monkeypatch):
-    import utils.config
-    monkeypatch.setitem(utils.config.MODEL_STRIDES, 'yolo-fastestv2', (8, 16))
-    with pytest.raises(ValueError, match=r'gives strides \(16, 32\).*\(8, 16\)'):
-        build_model(make_cfg(anchors=YFV2_COCO_ANCHORS_352), log=lambda *_: None)
+@pytest.mark.parametrize('name', sorted(ARCHITECTURES))
+def test_every_architecture_gives_the_strides_it_declares(name):
+    """The table's strides (which the config and the anchors use) against the feature maps a forward pass gives."""
+    backbone, neck, channels = ARCHITECTURES[name].build_body()
+    body = torch.nn.Sequential(backbone, neck if neck is not None else torch.nn.Identity()).eval()
+    with torch.no_grad():
+        features = body(torch.zeros(1, 3, 128, 96))
+    assert tuple(128 // f.shape[-2] for f in features) == ARCHITECTURES[name].strides
+    assert tuple(96 // f.shape[-1] for f in features) == ARCHITECTURES[name].strides
+    assert tuple(f.shape[1] for f in features) == tuple(channels)
 
 
 # ---- model/summary.py ------------------------------------------------------------------------------------------
@@ -196,10 +191,6 @@ def test_summary_macs_agree_with_torch_flop_counter(model_name, head):
     from torch.utils.flop_counter import FlopCounterMode
 
     from model.summary import summarize
-    if model_name.startswith('leyolo') and not has_module('model.leyolo'):
-        pytest.skip('model/leyolo.py has not landed yet (LeYOLO engineer)')
-    if head == 'leyolo' and not has_module('model.leyolo_head'):
-        pytest.skip('model/leyolo_head.py has not landed yet (LeYOLO engineer)')
     width, height = 416, 320
     model = build_model(make_cfg(model_name, head, width, height), log=lambda *_: None).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -222,8 +213,8 @@ def test_summary_params_of_yolo_fastestv2_equal_the_released_file():
 
 
 def leyolo_nano_backbone_neck_macs(side: int) -> int:
-    """Conv MACs of LeYOLO-Nano's layers 0-34 at side x side, from its layer table (../shared/notes/leyolo.md
-    section 3.1), written out by hand: an independent count of what the config implies."""
+    """Conv MACs of LeYOLO-Nano's layers 0-34 at side x side, from the fork's layer table,
+    written out by hand: an independent count of what the config implies."""
     def conv(c_in, c_out, k, out_side, groups=1):
         return out_side ** 2 * (c_in // groups) * c_out * k * k
 
@@ -247,12 +238,10 @@ def leyolo_nano_backbone_neck_macs(side: int) -> int:
 
 def test_summary_of_leyolo_nano_body_matches_its_layer_table():
     from model.summary import summarize
-    if not has_module('model.leyolo') or not has_module('model.leyolo_head'):
-        pytest.skip('model/leyolo.py or model/leyolo_head.py has not landed yet (LeYOLO engineer)')
     model = build_model(make_cfg('leyolo-nano', 'leyolo', 320, 320), log=lambda *_: None)
     summary = summarize(model, 320, 320)
     body_macs = summary['macs_by_part']['backbone'] + summary['macs_by_part'].get('neck', 0)
     expected = leyolo_nano_backbone_neck_macs(320)
     assert abs(body_macs - expected) / expected < 0.05
-    # the notes' whole-model figure: 0.308 conv GMACs at 320
+    # the fork's whole-model figure: 0.308 conv GMACs at 320
     assert abs(summary['macs'] / 1e9 - 0.308) < 0.001

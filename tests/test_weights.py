@@ -1,5 +1,4 @@
 """Weight loading: backbone_weights and pre_weights from a real .data file, our checkpoints, clear errors."""
-import importlib.util
 import random
 
 import numpy as np
@@ -67,7 +66,8 @@ def test_pre_weights_into_fewer_classes_skips_only_the_class_outputs(tmp_path):
     assert 'head.cls_outs.0.weight' in messages[1] and 'head.cls_outs.0.bias' in messages[1]
     release = read_state_dict(shared_path(RELEASE))
     assert torch.equal(model.head.reg_outs[0].weight, release['output_reg_layers.weight'])
-    assert torch.equal(model.backbone.stage4[3].branch_main[5].weight, release['backbone.stage4.3.branch_main.5.weight'])
+    assert torch.equal(model.backbone.stage4[3].branch_main[5].weight,
+                       release['backbone.stage4.3.branch_main.5.weight'])
 
 
 def test_checkpoint_prefers_ema_over_model(tmp_path):
@@ -128,11 +128,8 @@ def test_unreadable_files_are_named(tmp_path, content, expected):
 
 LEYOLO_NANO = 'weights/leyolo/LeYOLONano.pt'
 LEYOLO_REFERENCE = 'reference/leyolo_nano_raw_320.pt'
-needs_leyolo_importer = pytest.mark.skipif(importlib.util.find_spec('model.leyolo_import') is None,
-                                           reason='model/leyolo_import.py has not landed yet (LeYOLO engineer)')
 
 
-@needs_leyolo_importer
 def test_leyolo_nano_release_as_pre_weights_reproduces_its_reference(tmp_path):
     messages = []
     cfg = write_data(tmp_path, model='leyolo-nano', head='leyolo', side=320, pre_weights=shared_path(LEYOLO_NANO))
@@ -142,11 +139,10 @@ def test_leyolo_nano_release_as_pre_weights_reproduces_its_reference(tmp_path):
     with torch.no_grad():   # the reference input is RGB; our models take BGR (the importer flips the first conv)
         outputs = model(reference['input'].flip(1))
     for (box, cls), name in zip(outputs, ('p3', 'p4', 'p5')):
-        # tolerance from the notes: the reordered first conv sums in another order
+        # the reordered first conv sums in another order
         assert (torch.cat((box, cls), 1) - reference[name]).abs().max().item() <= 1e-4
 
 
-@needs_leyolo_importer
 def test_leyolo_release_into_an_anchor_head_model_fills_the_body_only(tmp_path):
     messages = []
     cfg = write_data(tmp_path, model='leyolo-nano', head='anchor', side=320, pre_weights=shared_path(LEYOLO_NANO))
@@ -160,7 +156,6 @@ def test_leyolo_release_into_an_anchor_head_model_fills_the_body_only(tmp_path):
         load_weights(model, shared_path(LEYOLO_NANO), strict=True)
 
 
-@needs_leyolo_importer
 def test_leyolo_release_into_yolo_fastestv2_is_a_clear_error(tmp_path):
     model = build_model(write_data(tmp_path), log=lambda *_: None)
     with pytest.raises(WeightsError, match='Ultralytics .LeYOLO. checkpoint') as error:
@@ -168,7 +163,6 @@ def test_leyolo_release_into_yolo_fastestv2_is_a_clear_error(tmp_path):
     assert str(error.value).startswith(str(shared_path(LEYOLO_NANO)))
 
 
-@needs_leyolo_importer
 def test_leyolo_release_as_backbone_weights_fills_every_backbone_tensor(tmp_path):
     messages = []
     cfg = write_data(tmp_path, model='leyolo-nano', head='anchor', side=320, backbone_weights=shared_path(LEYOLO_NANO))

@@ -9,7 +9,7 @@ Two dialects load through the same parser:
   accept and ignore (`eval`, `map`, `gpus`, ...).
 
 Every error is a `ConfigError` whose message starts with `file:line:` and names the key, so a user can jump to it.
-It imports only utils/errors.py of the project: it sits at the bottom of the import graph.
+Of the project it imports only utils/errors.py and the torch-free table of model names, model/architectures.py.
 """
 from __future__ import annotations
 
@@ -20,17 +20,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.architectures import ARCHITECTURES
 from utils.errors import ConfigError
 
-# Architectures this trainer builds, with the strides of their output scales. `model/build.py` maps the same
-# names to constructors; it checks that both agree, so adding a model is one line here and one there.
-MODEL_STRIDES = {
-    'yolo-fastestv2': (16, 32),
-    'leyolo-nano': (8, 16, 32),
-    'leyolo-small': (8, 16, 32),
-    'leyolo-medium': (8, 16, 32),
-    'leyolo-large': (8, 16, 32),
-}
 HEADS = ('anchor', 'leyolo')  # anchor: Yolo-FastestV2's obj/cls/reg head; leyolo: LeYOLO's anchor-free DFL head
 # keys only the leyolo head's loss reads: an error with another head rather than silently unused
 LEYOLO_LOSS_KEYS = ('leyolo_box_gain', 'leyolo_cls_gain', 'leyolo_dfl_gain', 'leyolo_max_grad_norm', 'tal_topk',
@@ -66,7 +58,7 @@ class Config:
     ema: bool = True                      # keep an exponential moving average of the weights for eval and export
     eval_interval: int = 10               # evaluate every N epochs (and after the last)
     # [model-configure]
-    model: str = 'yolo-fastestv2'         # one of MODEL_STRIDES
+    model: str = 'yolo-fastestv2'         # a name in model/architectures.py
     head: str = 'anchor'                  # one of HEADS
     pre_weights: Path | None = None       # a whole model to start from (our checkpoint or a released .pth)
     backbone_weights: Path | None = None  # ImageNet (or other) weights for the backbone only
@@ -108,7 +100,7 @@ class Config:
 
     @property
     def strides(self) -> tuple:
-        return MODEL_STRIDES[self.model]
+        return ARCHITECTURES[self.model].strides
 
     @property
     def anchors_px(self) -> list:
@@ -244,10 +236,10 @@ def _check(cfg: Config, given: dict) -> None:
     for key in ('classes', 'train', 'val', 'names'):
         if key not in given:
             raise ConfigError(f'{cfg.data_path}: required key "{key}" is missing')
-    if cfg.model not in MODEL_STRIDES:
-        close = difflib.get_close_matches(cfg.model, MODEL_STRIDES, n=1)
+    if cfg.model not in ARCHITECTURES:
+        close = difflib.get_close_matches(cfg.model, ARCHITECTURES, n=1)
         fail('model', f'unknown model "{cfg.model}"' + (f' (did you mean "{close[0]}"?)' if close else '')
-             + f'; known: {", ".join(MODEL_STRIDES)}')
+             + f'; known: {", ".join(ARCHITECTURES)}')
     if cfg.head not in HEADS:
         fail('head', f'unknown head "{cfg.head}"; known: {", ".join(HEADS)}')
     for key in ('classes', 'width', 'height', 'anchor_num', 'epochs', 'batch_size', 'subdivisions', 'eval_interval'):
