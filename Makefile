@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test lint bench
 
 setup: $(VENV_STAMP)
 
@@ -13,8 +13,11 @@ $(VENV_STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
 
 demo: setup
 	$(PY) data/demo.py

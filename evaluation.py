@@ -1,24 +1,26 @@
 """Evaluate a model on the val split of a .data file with pycocotools and print the COCO table.
 
     python3 evaluation.py --data data/coco.data --weights weights/coco/best.pth
-    python3 evaluation.py --data data/coco.data --weights model.onnx --backend onnx --save-json preds.json
+    python3 evaluation.py --data data/coco.data --weights model.onnx --save-json preds.json   # onnxruntime
 
 Prints the 12 COCO numbers (mAP@0.5:0.95 and mAP@0.5 first), AP per class, and precision/recall/F1 at IoU 0.5 at
 --pr-conf. --rect --multi-label --iou 0.7 is Ultralytics' validation protocol (LeYOLO's published figures):
 rectangular batches of --batch-size (default 32 with --rect) with minimal padding, torch backend only, and NMS
-that keeps a box once per class above --conf. --save-json writes COCO results (image_id = file stem, an int when all digits; category_id = 0-based
-class; bbox [x, y, w, h] in original pixels). --plots DIR writes pr_curve.png and confusion.png.
+that keeps a box once per class above --conf. --save-json writes COCO results (image_id = file stem, an int
+when all digits; category_id = 0-based class; bbox [x, y, w, h] in original pixels).
+--plots DIR writes pr_curve.png and confusion.png.
 """
 import argparse
 import sys
 
 import torch
 
-from utils.config import ConfigError, load_config
-from utils.data.dataset import DatasetError
+from utils.cli import non_negative_int, positive_int, run
+from utils.config import load_config
 from utils.data.rect_batches import RECT_BATCH_SIZE
+from utils.errors import ConfigError
 from utils.evaluator import evaluate
-from utils.runtimes import BACKENDS, load_runtime
+from utils.runtimes import BACKENDS, backend_for, load_runtime
 
 
 def parse_args(argv=None):
@@ -26,14 +28,15 @@ def parse_args(argv=None):
     parser.add_argument('--data', required=True, help='the .data file (its val split is evaluated)')
     parser.add_argument('--weights', required=True,
                         help='torch: .pth (checkpoint or released); onnx/opencv: .onnx; ncnn: .param')
-    parser.add_argument('--backend', default='torch', choices=BACKENDS, help='what runs the model (default torch)')
+    parser.add_argument('--backend', choices=BACKENDS,
+                        help='what runs the model (default: by the weights file: .param ncnn, .onnx onnx, else torch)')
     parser.add_argument('--split', default='val', choices=('val', 'train'), help='which split to score (default val)')
     parser.add_argument('--conf', type=float, default=0.001, help='score threshold before NMS (default 0.001)')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold (default 0.6)')
-    parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
+    parser.add_argument('--max-det', type=positive_int, default=300, help='detections kept per image (default 300)')
     parser.add_argument('--pr-conf', type=float, default=0.3,
                         help='confidence for the precision/recall/F1 line and the confusion matrix (default 0.3)')
-    parser.add_argument('--batch-size', type=int,
+    parser.add_argument('--batch-size', type=positive_int,
                         help=f'images per forward pass (default 16; {RECT_BATCH_SIZE} with --rect, where it also '
                              f'sets the batch shapes)')
     parser.add_argument('--rect', action='store_true',
@@ -42,8 +45,9 @@ def parse_args(argv=None):
     parser.add_argument('--multi-label', action='store_true',
                         help='NMS keeps a box once for every class scoring above --conf (Ultralytics\' validation); '
                              'default: each box its best class only')
-    parser.add_argument('--workers', type=int, help='image-reading processes (default: the .data key workers)')
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--workers', type=non_negative_int,
+                        help='image-reading processes (default: the .data key workers)')
+    parser.add_argument('--threads', type=non_negative_int, default=0,
                         help='CPU threads for inference; 0 = the library default. On a busy machine 1 is often '
                              'fastest')
     parser.add_argument('--save-json', help='write the detections as a COCO results file')
@@ -54,26 +58,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.backend is None:
+        args.backend = backend_for(args.weights)
+        print(f'backend {args.backend} (from the file type of {args.weights}; --backend to choose another)')
     if args.batch_size is None:
         args.batch_size = RECT_BATCH_SIZE if args.rect else 16
-    if args.batch_size < 1:
-        print(f'error: --batch-size must be 1 or more, got {args.batch_size}', file=sys.stderr)
-        return 1
-    if args.rect and args.backend != 'torch':   # before loading anything (utils.evaluator.evaluator.check_rect says it too)
-        print(f'error: --rect changes the input shape from batch to batch; the {args.backend} backend runs a graph '
-              f'with a fixed input shape: use --backend torch with the .pth, or leave out --rect', file=sys.stderr)
-        return 1
+    if args.rect and args.backend != 'torch':   # checked before anything is loaded
+        raise ConfigError(f'--rect changes the input shape from batch to batch; the {args.backend} backend runs a '
+                          f'graph with a fixed input shape: use --backend torch with the .pth, or leave out --rect')
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        cfg = load_config(args.data)
-        runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
-        result = evaluate(runtime, cfg, split=args.split, conf=args.conf, iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf,
-                          batch_size=args.batch_size, workers=args.workers, save_json=args.save_json,
-                          plots_dir=args.plots, verbose_split=True, rect=args.rect, multi_label=args.multi_label)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    cfg = load_config(args.data)
+    runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
+    result = evaluate(runtime, cfg, split=args.split, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                      pr_conf=args.pr_conf, batch_size=args.batch_size, workers=args.workers,
+                      save_json=args.save_json, plots_dir=args.plots, verbose_split=True, rect=args.rect,
+                      multi_label=args.multi_label)
     print(result.summary(per_class=not args.no_per_class))
     if args.save_json:
         print(f'COCO results written to {args.save_json}')
@@ -83,4 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))

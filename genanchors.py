@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.config import ConfigError, load_config, read_data_file
+from utils.cli import positive_int, run
+from utils.config import load_config, read_data_file
 from utils.data.anchors import (
     anchor_fitness,
     format_anchors,
@@ -26,7 +27,7 @@ from utils.data.anchors import (
     update_data_file,
     write_anchor_file,
 )
-from utils.data.dataset import DatasetError
+from utils.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,11 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--output_dir', type=Path, default=Path('./'), help='where anchors{k}.txt go')
     parser.add_argument('--num_clusters', type=int, default=None,
                         help='number of anchors; 0 = try 1..10 (default: scales x anchor_num of the .data, else 6)')
-    parser.add_argument('--input_width', type=int, default=None, help='model input width (default: .data, else 352)')
-    parser.add_argument('--input_height', type=int, default=None, help='model input height (default: .data, else 352)')
+    parser.add_argument('--input_width', type=positive_int, help='model input width (default: .data, else 352)')
+    parser.add_argument('--input_height', type=positive_int,
+                        help='model input height (default: .data, else 352)')
     parser.add_argument('--update', action='store_true', help='write the anchors into the --data file')
     parser.add_argument('--seed', type=int, default=0, help='random seed of the k-means++ starts')
-    parser.add_argument('--restarts', type=int, default=10, help='k-means runs; the best mean IoU is kept')
+    parser.add_argument('--restarts', type=positive_int, default=10, help='k-means runs; the best mean IoU is kept')
     args = parser.parse_args(argv)
     if args.data is None and args.traintxt is None:
         parser.error('give --data or --traintxt')
@@ -64,22 +66,18 @@ def load_data_file(path: Path):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = None
-    try:
-        if args.data is not None:
-            cfg = load_data_file(args.data)
-        source = args.traintxt or cfg.train
-        width = args.input_width or (cfg.width if cfg else 352)
-        height = args.input_height or (cfg.height if cfg else 352)
-        anchors_in_model = len(cfg.strides) * cfg.anchor_num if cfg else None
-        k_given = args.num_clusters if args.num_clusters is not None else (anchors_in_model or 6)
-        if args.update and k_given != anchors_in_model:
-            raise ConfigError(f'{cfg.where("anchor_num")}: --update needs {anchors_in_model} anchors '
-                              f'({len(cfg.strides)} scales x anchor_num {cfg.anchor_num}), '
-                              f'not --num_clusters {k_given}')
-        boxes_wh, report = read_box_sizes(source, cfg.classes if cfg else None)
-    except (ConfigError, DatasetError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    if args.data is not None:
+        cfg = load_data_file(args.data)
+    source = args.traintxt or cfg.train
+    width = args.input_width or (cfg.width if cfg else 352)
+    height = args.input_height or (cfg.height if cfg else 352)
+    anchors_in_model = len(cfg.strides) * cfg.anchor_num if cfg else None
+    k_given = args.num_clusters if args.num_clusters is not None else (anchors_in_model or 6)
+    if args.update and k_given != anchors_in_model:
+        raise ConfigError(f'{cfg.where("anchor_num")}: --update needs {anchors_in_model} anchors '
+                          f'({len(cfg.strides)} scales x anchor_num {cfg.anchor_num}), '
+                          f'not --num_clusters {k_given}')
+    boxes_wh, report = read_box_sizes(source, cfg.classes if cfg else None)
     print(report)
     boxes_wh_px = boxes_wh * [width, height]
     if cfg is not None and len(cfg.anchors) == 2 * (anchors_in_model or 0):
@@ -105,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))

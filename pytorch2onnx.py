@@ -9,36 +9,35 @@ the detections are the same. Exits non-zero when a check fails. Input size, clas
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from model.build import build_model
-from model.weights import WeightsError, load_weights
-from utils.config import ConfigError, load_config
-from utils.export.ncnn_export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, ExportError, check_export, export_all
+from model.weights import load_weights
+from utils.cli import positive_int, run
+from utils.config import load_config
+from utils.data.dataset import list_images, read_image
+from utils.errors import ConfigError, UserError
+from utils.export.ncnn_export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, check_export, export_all
 from utils.preprocess import resize_image, to_input_tensor
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / 'shared' / 'images' / 'bus.jpg'
 
-
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', required=True, help='the .data file the model was trained with')
     parser.add_argument('--weights', required=True, help='a training checkpoint or a released .pth state_dict')
     parser.add_argument('--output', default='model.onnx', help='ONNX path; NCNN files go beside it (same stem)')
-    parser.add_argument('--opset', type=int, default=11, help='ONNX opset (default 11)')
+    parser.add_argument('--opset', type=positive_int, default=11, help='ONNX opset (default 11)')
     parser.add_argument('--no-simplify', action='store_true', help='skip onnxsim')
     parser.add_argument('--no-ncnn', action='store_true', help='ONNX only: no .param/.bin/.json')
-    parser.add_argument('--image', help=f'image for the numeric check (default {DEFAULT_IMAGE} if present, '
-                                        'else a generated one)')
+    parser.add_argument('--image', help='image for the numeric check (default: the first image of the val split)')
     parser.add_argument('--conf-thresh', type=float, default=DEFAULT_CONF_THRESH,
                         help='score threshold written to the sidecar and used by the detection check')
     parser.add_argument('--nms-iou', type=float, default=DEFAULT_NMS_IOU, help='NMS IoU written to the sidecar')
     parser.add_argument('--int8', action='store_true', help='also write X-int8.param/.bin/.json (INT8 NCNN)')
-    parser.add_argument('--calib-images', type=int, default=128,
+    parser.add_argument('--calib-images', type=positive_int, default=128,
                         help='train-split images to calibrate INT8 on (default 128, or all if fewer)')
     parser.add_argument('--calib-method', default='mse', choices=('mse', 'kl', 'minmax'),
                         help="activation scales: 'mse' (default: KL threshold refined per layer), NCNN's 'kl', "
@@ -49,7 +48,7 @@ def parse_args():
     parser.add_argument('--fp16-kept', action='store_true',
                         help='with --int8: store the weights of the layers left fp32 as float16 (LeYOLO-Nano 37%% -> '
                              '30%% of fp32; the C++ app then differed from the Python runtime by up to 2 px)')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def generated_image(width: int = 640, height: int = 480) -> np.ndarray:
@@ -64,56 +63,47 @@ def generated_image(width: int = 640, height: int = 480) -> np.ndarray:
     return cv2.add(image, rng.integers(0, 20, image.shape, dtype=np.uint8))
 
 
-def load_check_image(path) -> tuple[np.ndarray, str]:
-    if path is not None:
-        image = cv2.imread(str(path))
-        if image is None:
-            raise SystemExit(f'error: {path}: cannot read this image')
-        return image, str(path)
-    if DEFAULT_IMAGE.is_file():
-        return cv2.imread(str(DEFAULT_IMAGE)), str(DEFAULT_IMAGE)
-    return generated_image(), 'a generated image'
+def load_check_image(path, cfg) -> tuple[np.ndarray, str]:
+    """The --image, else the first image of the val split, else a generated scene."""
+    if path is None:
+        try:
+            path = list_images(cfg.val)[0]
+        except UserError:
+            return generated_image(), 'a generated image'
+    return read_image(path), str(path)
 
 
-def main():
-    args = parse_args()
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if (args.int8_all or args.fp16_kept) and not args.int8:
-        raise SystemExit('error: --int8-all and --fp16-kept choose how --int8 quantizes; add --int8')
+        raise ConfigError('--int8-all and --fp16-kept choose how --int8 quantizes; add --int8')
     if args.int8 and args.no_ncnn:
-        raise SystemExit('error: --int8 quantizes the NCNN model; it cannot go with --no-ncnn')
+        raise ConfigError('--int8 quantizes the NCNN model; it cannot go with --no-ncnn')
     torch.set_num_threads(1)
-    try:
-        cfg = load_config(args.data)
-        # --weights replaces whatever the .data starts training from, so don't read those files first
-        model = build_model(dataclasses.replace(cfg, pre_weights=None, backbone_weights=None))
-        load_weights(model, args.weights)
-    except (ConfigError, WeightsError, ValueError) as error:   # each names the file (and line) at fault
-        raise SystemExit(f'error: {error}')
-    image, image_name = load_check_image(args.image)
+    cfg = load_config(args.data)
+    # --weights replaces whatever the .data starts training from, so don't read those files first
+    model = build_model(dataclasses.replace(cfg, pre_weights=None, backbone_weights=None))
+    load_weights(model, args.weights)
+    image, image_name = load_check_image(args.image, cfg)
     resized, _ = resize_image(image, cfg.width, cfg.height, cfg.letterbox)
     batch = to_input_tensor([resized])
 
-    try:
-        paths = export_all(model, cfg, args.output, opset=args.opset, simplify=not args.no_simplify,
-                           ncnn=not args.no_ncnn, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
-    except ExportError as error:
-        raise SystemExit(f'error: {error}')
+    paths = export_all(model, cfg, args.output, opset=args.opset, simplify=not args.no_simplify,
+                       ncnn=not args.no_ncnn, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
     for kind, path in paths.items():
         print(f'wrote {kind:5s} {path}')
     print(f'checking against PyTorch on {image_name} ({cfg.width}x{cfg.height}):')
     report = check_export(model, paths, batch, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
     print(report.text())
     if not report.ok:
-        sys.exit(1)
+        return 1
     if args.int8:
         from utils.int8.quantize import quantize_with_config
-        try:
-            quantize_with_config(paths['param'], cfg, args.calib_images, method=args.calib_method,
-                                 depthwise_fp32=not args.int8_all, ends_fp32=not args.int8_all,
-                                 fp16_kept=args.fp16_kept)
-        except ValueError as error:
-            raise SystemExit(f'error: {error}')
+        quantize_with_config(paths['param'], cfg, args.calib_images, method=args.calib_method,
+                             depthwise_fp32=not args.int8_all, ends_fp32=not args.int8_all,
+                             fp16_kept=args.fp16_kept)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run(main))

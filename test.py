@@ -1,7 +1,7 @@
 """Detect objects in an image, a folder of images or a video, draw them and print them.
 
     python3 test.py --data data/coco.data --weights weights/coco/best.pth --img photo.jpg
-    python3 test.py --data data/coco.data --weights model.param --backend ncnn --img folder/ --out results/
+    python3 test.py --data data/coco.data --weights model.param --img folder/ --out results/   # NCNN
 
 For each image, prints one line per detection, `class score x1 y1 x2 y2` (original pixels; spaces in class names
 become '_'), then the time of each stage: pre-process (read, resize, scale), inference, post-process (decode, NMS,
@@ -16,12 +16,14 @@ import cv2
 import numpy as np
 import torch
 
-from utils.config import ConfigError, load_config
-from utils.data.dataset import DatasetError, read_image
-from utils.evaluator.plots import draw_detections
+from utils.cli import non_negative_int, positive_int, run
+from utils.config import load_config
+from utils.data.dataset import read_image
+from utils.draw import draw_detections
+from utils.errors import ConfigError, DatasetError
 from utils.postprocess import postprocess
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
-from utils.runtimes import BACKENDS, load_runtime
+from utils.runtimes import BACKENDS, backend_for, load_runtime
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.m4v', '.webm'}
@@ -33,12 +35,14 @@ def parse_args(argv=None):
     parser.add_argument('--weights', required=True,
                         help='torch: .pth (checkpoint or released); onnx/opencv: .onnx; ncnn: .param')
     parser.add_argument('--img', required=True, help='an image, a folder of images, or a video')
-    parser.add_argument('--backend', default='torch', choices=BACKENDS, help='what runs the model (default torch)')
+    parser.add_argument('--backend', choices=BACKENDS,
+                        help='what runs the model (default: by the weights file: .param ncnn, .onnx onnx, else torch)')
     parser.add_argument('--conf', type=float, default=0.3, help='score threshold (default 0.3)')
     parser.add_argument('--iou', type=float, default=0.4, help='NMS IoU threshold (default 0.4)')
-    parser.add_argument('--max-det', type=int, default=300, help='detections kept per image (default 300)')
+    parser.add_argument('--max-det', type=positive_int, default=300, help='detections kept per image (default 300)')
     parser.add_argument('--out', help='folder for the drawn results (default: beside each input)')
-    parser.add_argument('--threads', type=int, default=0, help='CPU threads for inference; 0 = library default')
+    parser.add_argument('--threads', type=non_negative_int, default=0,
+                        help='CPU threads for inference; 0 = library default')
     return parser.parse_args(argv)
 
 
@@ -81,7 +85,7 @@ def run_images(paths: list, runtime, cfg, args, out_dir: Path | None) -> list:
         print_detections(str(path), detections, cfg.class_names, seconds)
         target = output_path(path, out_dir)
         if not cv2.imwrite(str(target), draw_detections(image, detections, cfg.class_names)):
-            raise OSError(f'{target}: cannot write the drawn result (is the folder writable? try --out)')
+            raise ConfigError(f'{target}: cannot write the drawn result (is the folder writable? try --out)')
         print(f'drawn: {target}')
         all_seconds.append(seconds)
     return all_seconds
@@ -107,7 +111,7 @@ def run_video(path: Path, runtime, cfg, args, out_dir: Path | None) -> list:
             writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*'mp4v'), fps,
                                      (frame.shape[1], frame.shape[0]))
             if not writer.isOpened():
-                raise OSError(f'{target}: cannot write the drawn video (is the folder writable? try --out)')
+                raise ConfigError(f'{target}: cannot write the drawn video (is the folder writable? try --out)')
         writer.write(draw_detections(frame, detections, cfg.class_names))
         all_seconds.append(seconds)
         frame_index += 1
@@ -120,33 +124,32 @@ def run_video(path: Path, runtime, cfg, args, out_dir: Path | None) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.backend is None:
+        args.backend = backend_for(args.weights)
+        print(f'backend {args.backend} (from the file type of {args.weights}; --backend to choose another)')
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     source = Path(args.img)
     out_dir = Path(args.out) if args.out else None
-    try:
-        cfg = load_config(args.data)
-        runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
-            drawn = [p for p in paths if p.stem.endswith('_det')]
-            if drawn:   # results of an earlier run written beside the inputs
-                print(f'skipping {len(drawn)} images named *_det (drawn results), e.g. {drawn[0]}')
-                paths = [p for p in paths if not p.stem.endswith('_det')]
-            if not paths:
-                raise DatasetError(f'{source}: no images ({", ".join(sorted(IMAGE_SUFFIXES))}) in this folder')
-            all_seconds = run_images(paths, runtime, cfg, args, out_dir)
-        elif source.suffix.lower() in VIDEO_SUFFIXES:
-            all_seconds = run_video(source, runtime, cfg, args, out_dir)
-        elif source.is_file():
-            all_seconds = run_images([source], runtime, cfg, args, out_dir)
-        else:
-            raise DatasetError(f'{source}: no such image, folder or video')
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, OSError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    cfg = load_config(args.data)
+    runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+        drawn = [p for p in paths if p.stem.endswith('_det')]
+        if drawn:   # results of an earlier run written beside the inputs
+            print(f'skipping {len(drawn)} images named *_det (drawn results), e.g. {drawn[0]}')
+            paths = [p for p in paths if not p.stem.endswith('_det')]
+        if not paths:
+            raise DatasetError(f'{source}: no images ({", ".join(sorted(IMAGE_SUFFIXES))}) in this folder')
+        all_seconds = run_images(paths, runtime, cfg, args, out_dir)
+    elif source.suffix.lower() in VIDEO_SUFFIXES:
+        all_seconds = run_video(source, runtime, cfg, args, out_dir)
+    elif source.is_file():
+        all_seconds = run_images([source], runtime, cfg, args, out_dir)
+    else:
+        raise DatasetError(f'{source}: no such image, folder or video')
     if len(all_seconds) > 1:   # the first image also pays for warm-up, so the mean is over the rest
         rest = all_seconds[1:]
         print(f'mean over {len(rest)} images after the first: ' + ', '.join(
@@ -155,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))

@@ -12,29 +12,35 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.config import ConfigError, load_config
+from utils.cli import non_negative_int, positive_int, run
+from utils.config import load_config
+from utils.errors import ConfigError
 from utils.train.checkpoint import load_checkpoint
 from utils.train.trainer import TrainingInterrupted, TrainOptions, train
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', help='the .data file (optional with --resume: taken from the checkpoint)')
-    parser.add_argument('--epochs', type=int, help='override `epochs` of the .data file')
-    parser.add_argument('--batch-size', type=int, help='override `batch_size` (images per optimizer step)')
+    parser.add_argument('--epochs', type=positive_int, help='override `epochs` of the .data file')
+    parser.add_argument('--batch-size', type=positive_int, help='override `batch_size` (images per optimizer step)')
     parser.add_argument('--weights', type=Path, help='start from these weights (a .pth or one of our .pt)')
     parser.add_argument('--resume', nargs='?', const='', type=str, metavar='CKPT',
                         help='continue an interrupted run from CKPT (default <out>/last.pt)')
     parser.add_argument('--device', default='', help='cpu, cuda or a CUDA index (default: CUDA if available)')
-    parser.add_argument('--workers', type=int, help='data loading processes (default: `workers` of the .data)')
+    parser.add_argument('--workers', type=non_negative_int,
+                        help='data loading processes (default: `workers` of the .data)')
     parser.add_argument('--out', type=Path, help='output folder (default: `backup` or weights/<model_name>/)')
     parser.add_argument('--sync-bn', action='store_true', help='DDP: synchronised BatchNorm')
     parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.resume is None and not args.data:
+        parser.error('--data is required (or --resume to continue a run)')
+    return args
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv=None) -> int:
+    args = parse_args(argv)
     resume = None
     overrides = {}
     data = args.data
@@ -47,21 +53,14 @@ def main() -> int:
             cfg = load_config(data)
             resume = Path(cfg.backup or Path('weights') / cfg.model_name) / 'last.pt'
         else:
-            sys.exit('--resume without a path needs --out or --data to find last.pt')
-        try:
-            checkpoint = load_checkpoint(resume)
-        except (FileNotFoundError, ValueError) as error:
-            sys.exit(f'error: --resume: {error}')
+            raise ConfigError('--resume without a path needs --out or --data to find last.pt')
+        checkpoint = load_checkpoint(resume)
         overrides = dict(checkpoint.get('overrides', {}))   # the same schedule as the interrupted run
         data = data or checkpoint['data']
         del checkpoint
-    if not data:
-        sys.exit('--data is required')
-    overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items() if v})
-    try:
-        cfg = load_config(data, **overrides)
-    except ConfigError as error:
-        sys.exit(f'error: {error}')
+    overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items()
+                      if v is not None})
+    cfg = load_config(data, **overrides)
     out_dir = args.out or (resume.parent if resume else Path(cfg.backup or Path('weights') / cfg.model_name))
     options = TrainOptions(out_dir=out_dir, device=args.device, workers=args.workers, weights=args.weights,
                            resume=resume, sync_bn=args.sync_bn, seed=args.seed)
@@ -74,4 +73,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))

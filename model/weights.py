@@ -35,7 +35,7 @@ RELEASE_YFV2_RENAMES = (
     ('output_obj_layers.', 'head.obj_outs.0.'),
     ('output_cls_layers.', 'head.cls_outs.0.'),
 )
-SHOW_MISMATCHES = 5
+SHOW_MISMATCHES = 3
 _multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray   # numpy 2 renamed it
 NUMPY_ARRAY_GLOBALS = [_multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype('uint32'))]
 
@@ -95,15 +95,13 @@ def _mismatches(state: dict, expected: dict) -> tuple[list, list, list]:
 
 
 def _mismatch_message(path, what, missing, unexpected, wrong_shape, state, expected) -> str:
-    lines = [f'{path}: does not fit the {what}: {len(missing)} missing, {len(unexpected)} unexpected, '
-             f'{len(wrong_shape)} with a different shape']
-    for k in wrong_shape[:SHOW_MISMATCHES]:
-        lines.append(f'  shape  {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}')
-    for k in missing[:SHOW_MISMATCHES]:
-        lines.append(f'  missing in file  {k} {tuple(expected[k].shape)}')
-    for k in unexpected[:SHOW_MISMATCHES]:
-        lines.append(f'  not in model  {k} {tuple(state[k].shape)}')
-    return '\n'.join(lines)
+    """One line: the counts, then the first few mismatches of each kind."""
+    examples = [f'shape {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}'
+                for k in wrong_shape[:SHOW_MISMATCHES]]
+    examples += [f'missing in file {k} {tuple(expected[k].shape)}' for k in missing[:SHOW_MISMATCHES]]
+    examples += [f'not in model {k} {tuple(state[k].shape)}' for k in unexpected[:SHOW_MISMATCHES]]
+    return (f'{path}: does not fit the {what}: {len(missing)} missing, {len(unexpected)} unexpected, '
+            f'{len(wrong_shape)} with a different shape (' + '; '.join(examples) + ')')
 
 
 def load_state(module: nn.Module, state: dict, path, what: str, strict: bool) -> dict:
@@ -116,7 +114,7 @@ def load_state(module: nn.Module, state: dict, path, what: str, strict: bool) ->
     usable = {k: v for k, v in state.items() if k in expected and k not in wrong_shape}
     if not usable:
         raise WeightsError(_mismatch_message(path, what, missing, unexpected, wrong_shape, state, expected)
-                           + '\n  (no tensor matched: is this the right file for this model?)')
+                           + '; no tensor matched: is this the right file for this model?')
     module.load_state_dict(usable, strict=False)
     return dict(path=str(path), loaded=len(usable), total=len(expected), missing=missing,
                 unexpected=unexpected, wrong_shape=wrong_shape)
@@ -131,7 +129,40 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     if is_ultralytics_checkpoint(path):
         return _load_ultralytics(model, path, ('backbone', 'neck', 'head'), strict)
     state = to_our_names(read_state_dict(path))
-    return load_state(model, state, path, 'model', strict)
+    try:
+        return load_state(model, state, path, 'model', strict)
+    except WeightsError as error:
+        hint = data_keys_hint(path, state)
+        raise WeightsError(f'{error}; {hint}' if hint else str(error)) from None
+
+
+def data_keys_hint(path, state: dict) -> str:
+    """What the .data file must say for the model that wrote `path`, as far as the file tells."""
+    if any(k.startswith('backbone.stage2.') for k in state):
+        model = 'yolo-fastestv2'
+    elif any(k.startswith('backbone.backbone.') for k in state):
+        model = 'leyolo-nano, -small, -medium or -large (the variant the file was trained as)'
+    else:
+        return ''
+    head = 'leyolo' if 'head.dfl_bins' in state else 'anchor'
+    record = _training_record(path)
+    if record:
+        return (f'the file was trained from {record.get("data", "?")} with model = {record.get("model")}, '
+                f'head = {record.get("head")}, classes = {record.get("classes")}: set those keys in the .data file')
+    return f'the file holds a {model} model with the {head} head: set `model` and `head` in the .data file to match'
+
+
+def _training_record(path) -> dict:
+    """model, head, classes and the .data path our trainer stored in a checkpoint; {} for other files."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:   # any file that is not our checkpoint has no record
+        return {}
+    config = checkpoint.get('config') if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict):
+        return {}
+    return {key: config.get(key) for key in ('model', 'head', 'classes')} | {'data': checkpoint.get('data')}
 
 
 def _load_ultralytics(model: nn.Module, path, parts: tuple, strict: bool) -> dict:
@@ -139,8 +170,11 @@ def _load_ultralytics(model: nn.Module, path, parts: tuple, strict: bool) -> dic
     from model.leyolo_import import import_leyolo  # only LeYOLO files need it
     try:
         imported = import_leyolo(model, path, parts=parts)
-    except TypeError as error:   # the model is not a LeYOLO
-        raise WeightsError(f'{path}: an Ultralytics (LeYOLO) checkpoint, but {error}') from None
+    except TypeError:   # the model is not a LeYOLO
+        raise WeightsError(
+            f'{path}: a LeYOLO checkpoint (Ultralytics), but the .data file describes another model; set `model = '
+            f'leyolo-nano` (the variant the file was trained as) and `head = leyolo` in the .data file (or `head = '
+            f'anchor` to put an anchor head on its body)') from None
     # The importer names body tensors relative to the LeYOLO body, which is the Detector's `backbone`.
     filled = {name if name.startswith('head.') else f'backbone.{name}' for name in imported['filled']}
     expected = model.state_dict() if 'head' in parts else {f'backbone.backbone.{k}': v for k, v in

@@ -109,6 +109,13 @@ def test_windows_and_home_paths_are_normalised(tmp_path):
     (lambda t: t + 'tal_topk=10\n', r'x\.data:23: key "tal_topk": only the leyolo head\'s loss reads it, and '
                                     r'head = anchor'),
     (lambda t: t + 'leyolo_box_gian=7\n', r'unknown key "leyolo_box_gian" \(did you mean "leyolo_box_gain"\?\)'),
+    # a known key (or alias) with something appended means that key, however far the spelling
+    (lambda t: t.replace('val=val.txt', 'val_something=val.txt'), r'unknown key "val_something" \(did you mean "val"'),
+    (lambda t: t.replace('train=train.txt', 'train-list=train.txt'), r'"train-list" \(did you mean "train"\?\)'),
+    (lambda t: t.replace('names=obj.names', 'names_file=obj.names'), r'"names_file" \(did you mean "names"\?\)'),
+    (lambda t: t.replace('val=val.txt', 'valid_list=val.txt'), r'"valid_list" \(did you mean "val"\?\)'),
+    (lambda t: t.replace('epochs=300', 'batch-size=64'), r'"batch-size" \(did you mean "batch_size"\?\)'),
+    (lambda t: t.replace('epochs=300', 'model_name_suffix=x'), r'"model_name_suffix" \(did you mean "model_name"'),
 ])
 def test_each_mistake_gets_one_clear_error(tmp_path, edit, pattern):
     message = error_of(write_dataset(tmp_path, edit(YFV2)))

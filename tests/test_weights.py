@@ -158,9 +158,20 @@ def test_leyolo_release_into_an_anchor_head_model_fills_the_body_only(tmp_path):
 
 def test_leyolo_release_into_yolo_fastestv2_is_a_clear_error(tmp_path):
     model = build_model(write_data(tmp_path), log=lambda *_: None)
-    with pytest.raises(WeightsError, match='Ultralytics .LeYOLO. checkpoint') as error:
+    with pytest.raises(WeightsError, match='LeYOLO checkpoint') as error:
         load_weights(model, shared_path(LEYOLO_NANO))
-    assert str(error.value).startswith(str(shared_path(LEYOLO_NANO)))
+    message = str(error.value)
+    assert message.startswith(str(shared_path(LEYOLO_NANO))) and '\n' not in message
+    assert '`model = leyolo-nano`' in message and '`head = leyolo`' in message   # the .data keys to set
+
+
+def test_released_yolo_fastestv2_into_leyolo_names_the_data_keys(tmp_path):
+    model = build_model(write_data(tmp_path, model='leyolo-nano', head='leyolo', side=320), log=lambda *_: None)
+    with pytest.raises(WeightsError) as error:
+        load_weights(model, shared_path(RELEASE))
+    message = str(error.value)
+    assert message.startswith(f'{shared_path(RELEASE)}: does not fit the model') and '\n' not in message
+    assert 'a yolo-fastestv2 model with the anchor head: set `model` and `head`' in message
 
 
 def test_leyolo_release_as_backbone_weights_fills_every_backbone_tensor(tmp_path):

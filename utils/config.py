@@ -191,8 +191,8 @@ def read_data_file(path: Path) -> tuple[dict, dict]:
         if key in DARKNET_IGNORED_KEYS:
             continue
         if key not in _FIELDS:
-            close = difflib.get_close_matches(key.lower(), list(_FIELDS) + list(ALIASES), n=1, cutoff=0.6)
-            hint = f' (did you mean "{ALIASES.get(close[0], close[0])}"?)' if close else ''
+            close = _nearest_key(key)
+            hint = f' (did you mean "{close}"?)' if close else ''
             raise ConfigError(f'{where}: unknown key "{key}"{hint}')
         if key in values and values[key] != value:
             raise ConfigError(f'{where}: key "{key}" given twice with different values '
@@ -201,6 +201,22 @@ def read_data_file(path: Path) -> tuple[dict, dict]:
     if not values:
         raise ConfigError(f'{path}: no "key = value" lines found (is this really a .data file?)')
     return values, lines
+
+
+def _nearest_key(key: str) -> str | None:
+    """The known key a misspelt one most likely means: the same with '-' for '_' (`batch-size`), a known key or
+    alias with something appended (`val_list`, `train-file`, `names_file`: the longest such wins), else the
+    closest spelling."""
+    known = list(_FIELDS) + list(ALIASES)
+    text = key.lower().replace('-', '_')
+    if text in known:
+        return ALIASES.get(text, text)
+    prefixes = [k for k in known if text.startswith(k + '_')]
+    if prefixes:
+        best = max(prefixes, key=len)
+        return ALIASES.get(best, best)
+    close = difflib.get_close_matches(text, known, n=1, cutoff=0.6)
+    return ALIASES.get(close[0], close[0]) if close else None
 
 
 def read_names(path: Path) -> tuple:
