@@ -1,4 +1,4 @@
-"""utils/evaluator/evaluator.py: COCO ground truth, P/R/F1 and the confusion matrix on hand-made cases whose answers are known
+"""utils/evaluator: COCO ground truth, P/R/F1 and the confusion matrix on hand-made cases whose answers are known
 by construction; the released Yolo-FastestV2 weights on coco128 against the reference's pycocotools numbers."""
 from pathlib import Path
 
@@ -10,12 +10,12 @@ from conftest import REPO, shared_path
 
 from model.spec import HeadSpec
 from utils.config import load_config
-from utils.evaluator.evaluator import (
+from utils.evaluator import evaluate
+from utils.evaluator.coco import (
     best_f1,
     coco_detections,
     coco_ground_truth,
     confusion_matrix,
-    evaluate,
     pooled_matches,
     precision_recall_f1,
     run_cocoeval,
