@@ -17,7 +17,7 @@ import torch
 
 from utils.cli import non_negative_int, positive_int, run
 from utils.config import load_config
-from utils.data.rect_batches import RECT_BATCH_SIZE
+from utils.data.eval_data import RECT_BATCH_SIZE
 from utils.errors import ConfigError
 from utils.evaluator import evaluate
 from utils.runtimes import BACKENDS, backend_for, load_runtime

@@ -11,7 +11,7 @@ confidence, so every number here agrees with the official COCO tool.
 
 Two protocols. The default resizes each image as the .data file says (stretch or square letterbox) and keeps each
 box's best class. `rect=True, multi_label=True` is Ultralytics' validation, under which LeYOLO's figures were
-published: rectangular batches (utils/data/rect_batches.py) and NMS that may keep a box once for each class above
+published: rectangular batches (utils/data/eval_data.py) and NMS that may keep a box once for each class above
 `conf`.
 docs/evaluation.md compares the two on LeYOLO-Nano's released weights.
 
@@ -166,7 +166,7 @@ def evaluate(model_or_runtime, cfg, conf: float = 0.001, iou: float = 0.6, max_d
     """Evaluate on `split` of the .data config. `conf`/`iou`/`max_det`: NMS settings; `pr_conf`: the confidence
     at which precision/recall/F1 and the confusion matrix are given; `save_json`: write the COCO results file;
     `plots_dir`: write the PR curve and confusion matrix PNGs. `rect`: rectangular batches of `batch_size`
-    (utils/data/rect_batches.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
+    (utils/data/eval_data.py; torch models only) instead of the .data file's resize; `multi_label`: a box may be kept
     once per class above `conf` (utils.postprocess.nms). Both together are Ultralytics' validation protocol."""
     runtime = as_runtime(model_or_runtime)
     if rect:
