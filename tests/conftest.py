@@ -20,3 +20,13 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True, scope='session')
+def split_cache_folder(tmp_path_factory) -> Path:
+    """Split caches (utils/data/cache.py) of the whole session go to one temporary folder instead of the user's
+    ~/.cache; the scripts that tests start inherit it."""
+    folder = tmp_path_factory.mktemp('split-cache')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('TINYDET_SPLIT_CACHE', str(folder))
+        yield folder

@@ -1,4 +1,6 @@
-"""The Darknet dataset: label lookup, every label rule, reporting, strict mode, the cache, image formats, coco128."""
+"""The Darknet dataset: label lookup, every label rule, reporting, strict mode, the cache and where it goes, image
+formats, images cut short, coco128."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -8,17 +10,17 @@ import pytest
 from conftest import shared_path
 
 from utils.config import load_config
-from utils.data.dataset import (
-    DatasetError,
-    EvalDataset,
-    check_split,
-    collate_eval,
-    label_candidates,
-    list_images,
-    load_split,
-    read_image,
-)
+from utils.data.dataset import DatasetError, check_split, label_candidates, list_images, load_split, read_image
+from utils.data.eval_data import EvalDataset, collate_eval
 from utils.preprocess import resize_image
+
+
+@pytest.fixture(autouse=True)
+def split_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's split caches go to a fresh folder of their own, outside the test's dataset folders."""
+    folder = tmp_path_factory.mktemp('split-cache')
+    monkeypatch.setenv('TINYDET_SPLIT_CACHE', str(folder))
+    return folder
 
 
 def make_image(path: Path, value: int = 100, size=(40, 30)) -> Path:
@@ -36,6 +38,11 @@ def write(path: Path, text: str) -> Path:
 
 def write_list(path: Path, image_paths, newline='\n') -> Path:
     return write(path, newline.join(str(p) for p in image_paths) + newline)
+
+
+def tree(folder: Path) -> list:
+    """Every file and folder under `folder` with its size and modification time, to show that nothing changed."""
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob('*'))
 
 
 # ---------------------------------------------------------------------------------------------------- label lookup
@@ -151,8 +158,8 @@ def test_strict_mode_and_empty_splits_are_errors(tmp_path):
 
 
 def test_load_split_reads_the_data_file_and_strict_labels(tmp_path):
-    image = make_image(tmp_path / 'images' / 'a.jpg')
-    bad = make_image(tmp_path / 'images' / 'b.jpg')
+    make_image(tmp_path / 'images' / 'a.jpg')
+    make_image(tmp_path / 'images' / 'b.jpg')
     write(tmp_path / 'labels' / 'a.txt', '0 0.5 0.5 0.2 0.2\n')
     write(tmp_path / 'labels' / 'b.txt', '7 0.5 0.5 0.2 0.2\n')
     write_list(tmp_path / 'train.txt', ['images/a.jpg', 'images/b.jpg'])
@@ -168,15 +175,16 @@ def test_load_split_reads_the_data_file_and_strict_labels(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------------ cache
 
-def test_cache_is_reused_and_a_changed_label_file_is_checked_again(tmp_path, capsys):
+def test_cache_is_reused_and_a_changed_label_file_is_checked_again(tmp_path, capsys, split_cache):
     images = [make_image(tmp_path / 'images' / f'{i}.jpg') for i in range(3)]
     for i in range(2):
         write(tmp_path / 'labels' / f'{i}.txt', f'{i} 0.5 0.5 0.2 0.2\n')
     listing = write_list(tmp_path / 'train.txt', images)
     check_split(listing, classes=3)
-    assert 'cache written' in capsys.readouterr().out and (tmp_path / 'train.txt.cache').is_file()
+    cache_file = split_cache / f'train.txt-{hashlib.sha1(str(listing.resolve()).encode()).hexdigest()[:16]}.cache'
+    assert f'cache written: {cache_file}' in capsys.readouterr().out and cache_file.is_file()
     check_split(listing, classes=3)
-    assert 'all 3 from cache' in capsys.readouterr().out
+    assert f'all 3 from cache {cache_file}' in capsys.readouterr().out
 
     label = write(tmp_path / 'labels' / '1.txt', '2 0.5 0.5 0.2 0.2\n2 0.1 0.1 0.1 0.1\n')   # same size would do:
     os.utime(label, ns=(os.stat(label).st_atime_ns, os.stat(label).st_mtime_ns + 10**9))     # mtime is in the key
@@ -188,19 +196,55 @@ def test_cache_is_reused_and_a_changed_label_file_is_checked_again(tmp_path, cap
     assert 'all 3 from cache' in capsys.readouterr().out.split('\n', 3)[-1]
     # Another class count changes which lines are valid, so everything is checked again.
     assert check_split(listing, classes=10).num_boxes == 4
+    assert os.listdir(split_cache) == [cache_file.name]
 
 
-def test_a_read_only_folder_gets_no_cache(tmp_path, capsys):
-    folder = tmp_path / 'ro'
-    image = make_image(folder / 'a.jpg')
-    listing = write_list(folder / 'l.txt', [image])
-    folder.chmod(0o555)
-    try:
+def test_loading_writes_nothing_into_the_dataset_folders(tmp_path, capsys, split_cache):
+    # Two datasets with a train.txt each, a list split and a folder split: each gets its own cache, in the cache
+    # folder, and no dataset folder changes.
+    for name in ('a', 'b'):
+        image = make_image(tmp_path / name / 'images' / 'x.jpg')
+        write(tmp_path / name / 'labels' / 'x.txt', '0 0.5 0.5 0.2 0.2\n')
+        write_list(tmp_path / name / 'train.txt', [image])
+    before = tree(tmp_path)
+    for source in (tmp_path / 'a' / 'train.txt', tmp_path / 'b' / 'train.txt', tmp_path / 'a' / 'images'):
+        assert check_split(source, classes=1).num_boxes == 1
+        assert f'cache written: {split_cache}{os.sep}' in capsys.readouterr().out
+        assert check_split(source, classes=1).num_boxes == 1
+        assert f'all 1 from cache {split_cache}{os.sep}' in capsys.readouterr().out
+    assert tree(tmp_path) == before
+    assert len([name for name in os.listdir(split_cache) if name.startswith('train.txt-')]) == 2
+    assert len([name for name in os.listdir(split_cache) if name.startswith('images-')]) == 1
+
+
+def test_the_cache_folder_comes_from_the_environment(tmp_path, monkeypatch, capsys):
+    image = make_image(tmp_path / 'data' / 'a.jpg')
+    listing = write_list(tmp_path / 'data' / 'l.txt', [image])
+    home, xdg, root = tmp_path / 'home', tmp_path / 'xdg', tmp_path / 'root'
+    monkeypatch.delenv('TINYDET_SPLIT_CACHE')
+    monkeypatch.delenv('TINYDET_CACHE', raising=False)
+    monkeypatch.delenv('XDG_CACHE_HOME', raising=False)
+    monkeypatch.setenv('HOME', str(home))
+    for variable, value, folder in [(None, None, home / '.cache' / 'tinydet' / 'splits'),
+                                    ('XDG_CACHE_HOME', xdg, xdg / 'tinydet' / 'splits'),
+                                    ('TINYDET_CACHE', root, root / 'splits'),
+                                    ('TINYDET_SPLIT_CACHE', tmp_path / 'splits', tmp_path / 'splits')]:
+        if variable:
+            monkeypatch.setenv(variable, str(value))
+        check_split(listing, classes=1)
+        assert f'cache written: {folder}{os.sep}l.txt-' in capsys.readouterr().out
+        assert len(list(folder.glob('l.txt-*.cache'))) == 1
+
+
+def test_a_cache_folder_that_cannot_be_made_costs_only_the_cache(tmp_path, monkeypatch, capsys):
+    # A file where the cache folder should be: no permission bits involved, so this holds for root too.
+    monkeypatch.setenv('TINYDET_SPLIT_CACHE', str(write(tmp_path / 'taken', 'a file, not a folder')))
+    image = make_image(tmp_path / 'data' / 'a.jpg')
+    listing = write_list(tmp_path / 'data' / 'l.txt', [image])
+    for _ in range(2):
         assert len(check_split(listing, classes=1)) == 1
-    finally:
-        folder.chmod(0o755)
-    assert f'cache not written: {folder} is not writable' in capsys.readouterr().out
-    assert not (folder / 'l.txt.cache').exists()
+        assert f'cache not written: cannot make the cache folder {tmp_path / "taken"}' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / 'data')) == ['a.jpg', 'l.txt']
 
 
 # ----------------------------------------------------------------------------------------------------------- images
@@ -241,10 +285,72 @@ def test_eval_dataset_yields_resized_chw_bgr_and_the_resize_info(tmp_path):
     assert infos[1] == info and (info.orig_width, info.orig_height) == (20, 40)
 
 
+# ------------------------------------------------------------------------------------------------- images cut short
+
+JPEG_CUT_SHORT = 'JPEG file is cut short: its image data stops without the end marker (FF D9)'
+PNG_CUT_SHORT = 'PNG file is cut short: it does not end with an IEND chunk'
+
+
+def test_images_cut_short_are_left_out_and_whole_ones_kept(tmp_path, capfd, monkeypatch):
+    first, second = sorted(shared_path('datasets/coco128/images/train2017').glob('*.jpg'))[:2]
+    jpeg = first.read_bytes()
+    pixels = cv2.imread(str(first))
+    progressive = cv2.imencode('.jpg', pixels, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    png = cv2.imencode('.png', pixels)[1].tobytes()
+    cut = {   # file name: (bytes, the reason expected)
+        'half.jpg': (jpeg[:len(jpeg) // 2], JPEG_CUT_SHORT),
+        'end_marker_only.jpg': (jpeg[:-2], JPEG_CUT_SHORT),
+        # an interrupted download into a file made full-size beforehand: the rest is zeros
+        'zero_filled.jpg': (jpeg[:len(jpeg) * 6 // 10].ljust(len(jpeg), b'\0'), JPEG_CUT_SHORT),
+        'in_headers.jpg': (jpeg[:300], JPEG_CUT_SHORT),
+        'progressive.jpg': (progressive[:len(progressive) * 7 // 10], JPEG_CUT_SHORT),
+        'half.png': (png[:len(png) // 2], PNG_CUT_SHORT),
+        'iend_only.png': (png[:-12], PNG_CUT_SHORT),
+    }
+    whole = {   # file name: (bytes, the untouched image they hold)
+        'copy.jpg': (jpeg, jpeg),
+        'padded.jpg': (jpeg + b'\0' * 7, jpeg),                 # padding after the end marker, as cameras write
+        'long_padding.jpg': (jpeg + b'\xff' * 10000, jpeg),
+        # data of another kind after the image, like a phone's motion-photo video
+        'trailer.jpg': (jpeg + np.random.default_rng(0).bytes(100_000), jpeg),
+        'appended.jpg': (jpeg + second.read_bytes(), jpeg),
+        'progressive_whole.jpg': (progressive, progressive),
+        'copy.png': (png, png),
+    }
+    paths = {}
+    for name, (data, _) in {**cut, **whole}.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+
+    # Independently of the check, OpenCV's decoders say which files are cut short: libjpeg warns of the premature
+    # end (and fills the rest grey), libpng fails; the whole files decode without a word to their images' pixels.
+    capfd.readouterr()
+    for name in cut:
+        image = cv2.imread(str(paths[name]))
+        warnings = capfd.readouterr().err
+        assert image is None or 'Premature end of JPEG file' in warnings, name
+    for name, (_, untouched) in whole.items():
+        image = cv2.imread(str(paths[name]))
+        assert capfd.readouterr().err == '', name
+        np.testing.assert_array_equal(image, cv2.imdecode(np.frombuffer(untouched, np.uint8), cv2.IMREAD_COLOR))
+
+    # The check finds them without decoding any image.
+    def no_decoding(*args):
+        raise AssertionError('the check decoded an image')
+    monkeypatch.setattr(cv2, 'imread', no_decoding)
+    listing = write_list(tmp_path / 'l.txt', paths.values())
+    split = check_split(listing, classes=1, name='train')
+    assert split.image_paths == [paths[name] for name in whole]
+    assert split.left_out == [f'{paths[name]}: {reason}' for name, (_, reason) in cut.items()]
+    assert f'{len(whole)} images, 0 boxes, {len(whole)} backgrounds, {len(cut)} left out' in capfd.readouterr().out
+    with pytest.raises(DatasetError, match=f'{len(cut)} of {len(paths)} images have problems'):
+        check_split(listing, classes=1, strict=True)
+
+
 # ------------------------------------------------------------------------------------------------------ real: coco128
 
 @pytest.mark.parametrize('split_name', ['train2017', 'val2017'])
-def test_coco128_loads_every_box(tmp_path, split_name):
+def test_coco128_loads_every_box(tmp_path, split_name, capsys, split_cache):
     images_folder = shared_path(f'datasets/coco128/images/{split_name}')
     labels_folder = shared_path(f'datasets/coco128/labels/{split_name}')
     # Independent count: numpy's own text reader on the label file of each image that exists.
@@ -252,7 +358,9 @@ def test_coco128_loads_every_box(tmp_path, split_name):
     for image in sorted(images_folder.glob('*.jpg')):
         label = labels_folder / (image.stem + '.txt')
         expected[image] = np.loadtxt(label, ndmin=2).reshape(-1, 5) if label.exists() else np.zeros((0, 5))
-    listing = write_list(tmp_path / 'list.txt', expected)   # the cache goes beside this list, not into ../shared
+    listing = write_list(tmp_path / 'list.txt', expected)
+    coco128 = images_folder.parents[1]
+    before = tree(coco128)
     split = check_split(listing, classes=80)
     assert split.left_out == [] and split.image_paths == list(expected)
     assert split.num_boxes == sum(len(v) for v in expected.values())
@@ -262,10 +370,12 @@ def test_coco128_loads_every_box(tmp_path, split_name):
     # coco128's train2017 is Ultralytics' set: 929 boxes in 128 images, 2 without labels.
     if split_name == 'train2017':
         assert (len(split), split.num_boxes, split.num_backgrounds) == (128, 929, 2)
-    # The folder split gives the same result and writes nothing into the read-only shared folder.
-    before = sorted(os.listdir(images_folder.parent))
-    assert check_split(images_folder, classes=80).num_boxes == split.num_boxes
-    assert sorted(os.listdir(images_folder.parent)) == before
+    # The folder split gives the same result, the second time from its cache, and loading never writes into
+    # coco128's folders, whether or not this user may write there.
+    for _ in range(2):
+        assert check_split(images_folder, classes=80).num_boxes == split.num_boxes
+    assert f'all {len(split)} from cache {split_cache}{os.sep}{split_name}-' in capsys.readouterr().out
+    assert tree(coco128) == before
 
 
 def test_coco_data_file_works_on_a_darknet_coco_layout(tmp_path, repo):

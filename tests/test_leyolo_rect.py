@@ -1,4 +1,4 @@
-"""Rectangular-batch evaluation (utils/data/rect_batches.py) and multi-label NMS: batch shapes worked out by hand, a
+"""Rectangular-batch evaluation (utils/data/eval_data.py) and multi-label NMS: batch shapes worked out by hand, a
 drawn square found again in original pixels, and LeYOLONano.pt on coco128 val2017 against Ultralytics' own
 validation figures at 320 (Ultralytics' val of the fork). The 640 figure is bench/leyolo_protocols.py's
 (about a minute of CPU: too slow for the suite)."""
@@ -12,8 +12,9 @@ import torch
 from conftest import REPO, shared_path
 
 from model.spec import HeadSpec
+from utils.cli import run
 from utils.config import load_config
-from utils.data.rect_batches import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
+from utils.data.eval_data import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
 from utils.evaluator.evaluator import evaluate, predict_split
 from utils.postprocess import nms
 from utils.preprocess import boxes_to_original
@@ -186,6 +187,6 @@ def test_evaluation_py_refuses_rect_with_a_fixed_shape_backend(tmp_path, capsys)
     import evaluation
     onnx_file = tmp_path / 'model.onnx'
     onnx_file.write_bytes(b'')
-    code = evaluation.main(['--data', str(write_data(tmp_path, 320)), '--weights', str(onnx_file), '--backend', 'onnx',
-                            '--rect'])
+    code = run(evaluation.main, ['--data', str(write_data(tmp_path, 320)), '--weights', str(onnx_file),
+                                 '--backend', 'onnx', '--rect'])   # as the script exits
     assert code == 1 and 'the onnx backend runs a graph with a fixed input shape' in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from utils.boxes import cxcywh_to_xyxy, norm_to_px, px_to_norm, xyxy_to_cxcywh
 from utils.preprocess import PAD_VALUE, resize_image
 
 MIN_SIDE_PX = 2.0        # a clipped box thinner than this (in output pixels) is dropped
@@ -26,21 +27,15 @@ MIN_AREA_KEPT = 0.1      # a clipped box keeping less than this fraction of its 
 def labels_to_px(labels: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, 5) [class, cx, cy, w, h] normalised -> (classes (n,), boxes_xyxy_px (n, 4)) for a width x height image."""
     labels = np.asarray(labels, dtype=np.float32).reshape(-1, 5)
-    cx, cy = labels[:, 1] * width, labels[:, 2] * height
-    half_w, half_h = labels[:, 3] * width / 2, labels[:, 4] * height / 2
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
-    return labels[:, 0].copy(), boxes
+    return labels[:, 0].copy(), cxcywh_to_xyxy(norm_to_px(labels[:, 1:], width, height))
 
 
 def px_to_labels(classes: np.ndarray, boxes_xyxy_px: np.ndarray, width: int, height: int) -> np.ndarray:
     """The inverse of `labels_to_px`: (n, 5) float32 [class, cx, cy, w, h] normalised to the image size."""
-    b = np.asarray(boxes_xyxy_px, dtype=np.float32).reshape(-1, 4)
-    labels = np.empty((len(b), 5), dtype=np.float32)
+    boxes = np.asarray(boxes_xyxy_px, dtype=np.float32).reshape(-1, 4)
+    labels = np.empty((len(boxes), 5), dtype=np.float32)
     labels[:, 0] = classes
-    labels[:, 1] = (b[:, 0] + b[:, 2]) / 2 / width
-    labels[:, 2] = (b[:, 1] + b[:, 3]) / 2 / height
-    labels[:, 3] = (b[:, 2] - b[:, 0]) / width
-    labels[:, 4] = (b[:, 3] - b[:, 1]) / height
+    labels[:, 1:] = px_to_norm(xyxy_to_cxcywh(boxes), width, height)
     return labels
 
 

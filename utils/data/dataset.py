@@ -8,36 +8,37 @@ mirror layout first (the last `images` or `JPEGImages` folder in the path replac
 image (`x.jpg` -> `x.txt`). Only the extension changes, so folder names with dots work. No label file, or an empty
 one, means a background image (no objects).
 
-An image whose label file breaks a rule, or that is missing or not an image, is left out of the split and reported
-with `file:line` and the rule; `strict_labels = 1` in the .data turns any such problem into a `DatasetError`.
+An image whose label file breaks a rule, or that is missing, not an image or cut short, is left out of the split
+and reported with `file[:line]` and the rule; `strict_labels = 1` in the .data turns any such problem into a
+`DatasetError`.
 
-Checking images: at check time only the file's first bytes are read (the signature of a JPEG, PNG, BMP, TIFF, WebP,
-PNM or JPEG 2000 file; files with another signature are decoded once with OpenCV). Decoding every image would cost
-about 10 ms each, 15 minutes for COCO's 118k images on one core, to catch the rare truncated file, which OpenCV
-decodes partially anyway. An image that passes the check and still fails to decode raises a `DatasetError` naming
-it when it is read.
+Checking images without decoding them: decoding every image would cost about 10 ms each, 15 minutes for COCO's 118k
+images on one core. Instead the check reads a file's first bytes (the signature of a JPEG, PNG, BMP, TIFF, WebP, PNM
+or JPEG 2000 file; a file with another signature is decoded once with OpenCV) and, for JPEG and PNG, its last few
+kilobytes, to catch a file cut short (an interrupted copy or download): OpenCV decodes such a JPEG with grey rows
+where the image stops, and fails on such a PNG. An image that passes the check and still fails to decode raises a
+`DatasetError` naming it when it is read.
 
-The results are cached in `<list file>.cache` (for a folder: `<folder>.cache` beside it), keyed by each image's path,
-and the size and modification time of the image and of its label file, so only changed files are checked again.
+The results are cached per user, never in the dataset's folders (utils/data/cache.py), so only changed files are
+checked again.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
+from utils.data.cache import cache_path_for, read_cache, write_cache
 from utils.errors import DatasetError
-from utils.preprocess import resize_image
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.pbm', '.pgm', '.ppm',
                   '.pnm', '.jp2')
 MIRROR_FOLDERS = ('images', 'JPEGImages')   # Darknet's layout: .../images/a/x.jpg -> .../labels/a/x.txt
 COORD_TOLERANCE = 1e-3                       # converters' rounding overshoot we clip instead of rejecting
-CACHE_VERSION = 1
 REASONS_SHOWN = 5                            # how many problems the printed summary lists
 
 
@@ -123,6 +124,91 @@ def label_candidates(image_path) -> list:
     return candidates
 
 
+# ----------------------------------------------------------------------------------------------------------- images
+
+# First bytes of the formats OpenCV reads; anything else is decoded once to find out.
+JPEG_START, PNG_START = b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n'
+_SIGNATURES = (JPEG_START, PNG_START, b'BM', b'II*\x00', b'MM\x00*', b'\x00\x00\x00\x0cjP  \r\n',
+               b'\xff\x4f\xff\x51') + tuple(b'P%d' % n for n in range(1, 8))
+TAIL_BYTES = 4096                            # how much of a file's end the cut-short check reads
+PADDING = b'\x00\xff'                        # bytes some writers add after an image's end
+PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'   # the IEND chunk: length 0, type, CRC
+JPEG_SCAN_START = b'\xff\xda'                # the SOS marker; its header, then the compressed data, follow
+# In a JPEG's compressed data a byte FF is only ever followed by 00 (byte stuffing) or a restart marker D0..D7,
+# and FF FF is fill before a marker. Any other pair starting with FF is a marker, the end marker FF D9 among them.
+_MARKER = re.compile(rb'\xff[^\x00\xd0-\xd7\xff]')
+
+
+def image_problem(path: Path) -> str | None:
+    """None if the file looks like a whole image OpenCV reads, else what is wrong (the module docstring says why
+    this does not decode it)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+            if head.startswith(JPEG_START) and _jpeg_cut_short(*_end_before_padding(f)):
+                return 'JPEG file is cut short: its image data stops without the end marker (FF D9)'
+            if head.startswith(PNG_START) and PNG_END not in _end_before_padding(f)[0]:
+                return 'PNG file is cut short: it does not end with an IEND chunk'
+    except FileNotFoundError:
+        return 'image file not found'
+    except OSError as error:
+        return f'image cannot be read ({error.strerror})'
+    if not head:
+        return 'image file is empty'
+    if head.startswith(_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'):
+        return None
+    if cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8) is None:
+        return f'not an image OpenCV can decode (file starts with {head[:8]!r})'
+    return None
+
+
+def _end_before_padding(f) -> tuple[bytes, bool]:
+    """(the last TAIL_BYTES of the open file before any trailing 00 / FF padding, whether they start the file).
+    Reads backwards through the padding, however long, and no further."""
+    end = f.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(end - TAIL_BYTES, 0)
+        f.seek(start)
+        kept = len(f.read(end - start).rstrip(PADDING))
+        if kept:
+            end = start + kept
+            start = max(end - TAIL_BYTES, 0)
+            f.seek(start)
+            return f.read(end - start), start == 0
+        end = start
+    return b'', True
+
+
+def _jpeg_cut_short(tail: bytes, whole_file: bool) -> bool:
+    """Whether a JPEG whose last bytes (padding left off) are `tail` stops inside its compressed data.
+
+    A whole JPEG ends with the end marker FF D9, then maybe padding or data of another kind (a phone's motion-photo
+    video, a maker's trailer): either way a marker-like pair follows the last compressed data. A file cut inside
+    that data has none after it. Only what follows the last scan header in `tail` counts, so that the markers in
+    the headers of a small file do not pass for its end.
+    """
+    scan = tail.rfind(JPEG_SCAN_START)
+    if scan >= 0:
+        header_length = int.from_bytes(tail[scan + 2:scan + 4], 'big')
+        tail = tail[scan + 2 + header_length:]
+    elif whole_file:
+        return True   # the file stops before its compressed data begins
+    return _MARKER.search(tail) is None
+
+
+
+def read_image(path) -> np.ndarray:
+    """Any image OpenCV reads as (H, W, 3) uint8 BGR: grey, alpha (dropped) and 16-bit images are converted."""
+    # IMREAD_COLOR does all three conversions (16-bit by taking the high byte) and applies EXIF orientation,
+    # as Yolo-FastestV2's cv2.imread does.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        why = 'file not found' if not Path(path).exists() else 'OpenCV cannot decode it'
+        raise DatasetError(f'{path}: image cannot be read ({why})')
+    return image
+
+
+
 # --------------------------------------------------------------------------------------------------------- checking
 
 def parse_labels(text: str, classes: int | None) -> tuple[np.ndarray, str | None]:
@@ -178,29 +264,6 @@ def _no_labels() -> np.ndarray:
     return np.zeros((0, 5), dtype=np.float32)
 
 
-# First bytes of the formats OpenCV reads; anything else is decoded once to find out.
-_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'II*\x00', b'MM\x00*', b'\x00\x00\x00\x0cjP  \r\n',
-               b'\xff\x4f\xff\x51') + tuple(b'P%d' % n for n in range(1, 8))
-
-
-def image_problem(path: Path) -> str | None:
-    """None if the file looks like an image OpenCV reads, else what is wrong (see the module docstring for why)."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        return 'image file not found'
-    except OSError as error:
-        return f'image cannot be read ({error.strerror})'
-    if not head:
-        return 'image file is empty'
-    if head.startswith(_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'):
-        return None
-    if cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8) is None:
-        return f'not an image OpenCV can decode (file starts with {head[:8]!r})'
-    return None
-
-
 def _check_one(image_path: Path, label_path: str | None, classes: int | None) -> tuple[np.ndarray, str | None]:
     """Check one image and its label file. Returns (labels, None) or (empty, 'file[:line]: reason')."""
     problem = image_problem(image_path)
@@ -235,62 +298,6 @@ def _signature(image_path: str) -> tuple[str | None, tuple]:
     return None, (*image_key, -1, -1, -1)
 
 
-# ------------------------------------------------------------------------------------------------------------ cache
-
-def cache_path_for(source: Path) -> Path:
-    """`train.txt` -> `train.txt.cache`; a folder `images/train2017` -> `images/train2017.cache`."""
-    source = Path(source)
-    return source.parent / (source.name + '.cache')
-
-
-def _read_cache(path: Path, classes: int | None) -> dict:
-    """{image path text: (signature, labels, problem or None)} from a cache file; {} if absent, stale or unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if int(saved['version']) != CACHE_VERSION or int(saved['classes']) != (classes or -1):
-                return {}   # another class count changes which lines are valid: check everything again
-            paths = _unjoin(saved['paths'])
-            problems = _unjoin(saved['problems'])
-            signatures = saved['signatures'].tolist()
-            boxes = np.split(saved['boxes'], np.cumsum(saved['counts'])[:-1])
-    except (OSError, KeyError, ValueError, EOFError):
-        return {}
-    if not (len(paths) == len(problems) == len(signatures) == len(boxes)):
-        return {}
-    return {p: (tuple(s), b, q or None) for p, s, b, q in zip(paths, signatures, boxes, problems)}
-
-
-def _write_cache(path: Path, classes: int | None, entries: list) -> str:
-    """Write the cache atomically. Returns a note for the summary."""
-    folder = path.parent
-    # Root may write anywhere, so a folder with no write bit at all is taken as a request to leave it alone.
-    if not os.access(folder, os.W_OK) or not os.stat(folder).st_mode & 0o222:
-        return f'cache not written: {folder} is not writable'
-    if any('\n' in str(e[0]) for e in entries):
-        return 'cache not written: an image path holds a newline'
-    temporary = path.with_name(f'{path.name}.{os.getpid()}.tmp')   # per process: DDP ranks may write at once
-    try:
-        with open(temporary, 'wb') as f:
-            np.savez(f, version=np.array(CACHE_VERSION), classes=np.array(classes or -1),
-                     paths=_join([str(e[0]) for e in entries]), problems=_join([e[3] or '' for e in entries]),
-                     signatures=np.array([e[1] for e in entries], dtype=np.int64).reshape(-1, 5),
-                     counts=np.array([len(e[2]) for e in entries], dtype=np.int64),
-                     boxes=np.concatenate([e[2] for e in entries]).reshape(-1, 5).astype(np.float32))
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        return f'cache not written: {path}: {error.strerror}'
-    return f'cache written: {path}'
-
-
-def _join(texts: list) -> np.ndarray:
-    return np.frombuffer('\n'.join(texts).encode('utf-8'), dtype=np.uint8)
-
-
-def _unjoin(array: np.ndarray) -> list:
-    return array.tobytes().decode('utf-8').split('\n')
-
-
 # ------------------------------------------------------------------------------------------------------------ split
 
 def check_split(source: Path, classes: int | None, strict: bool = False, name: str = 'split',
@@ -299,7 +306,7 @@ def check_split(source: Path, classes: int | None, strict: bool = False, name: s
     source = Path(source)
     image_paths = list_images(source)
     cache_file = cache_path_for(source)
-    cached = _read_cache(cache_file, classes) if use_cache else {}
+    cached = read_cache(cache_file, classes) if use_cache else {}
     entries, reused = [], 0   # entries: (image path, signature, labels, problem or None)
     for image_path in image_paths:
         path_text = str(image_path)
@@ -314,7 +321,7 @@ def check_split(source: Path, classes: int | None, strict: bool = False, name: s
 
     cache_note = ''
     if use_cache and (reused < len(entries) or len(cached) != len(entries)):
-        cache_note = _write_cache(cache_file, classes, entries)
+        cache_note = write_cache(cache_file, classes, entries)
     elif use_cache:
         cache_note = f'all {reused} from cache {cache_file}'
 
@@ -341,40 +348,3 @@ def load_split(cfg, which: str, verbose: bool = True) -> Split:
         return check_split(source, cfg.classes, cfg.strict_labels, which, verbose=verbose)
     except DatasetError as error:
         raise DatasetError(f'{error}\n  (split "{which}" from {cfg.where(which)})') from None
-
-
-def read_image(path) -> np.ndarray:
-    """Any image OpenCV reads as (H, W, 3) uint8 BGR: grey, alpha (dropped) and 16-bit images are converted."""
-    # IMREAD_COLOR does all three conversions (16-bit by taking the high byte) and applies EXIF orientation,
-    # as Yolo-FastestV2's cv2.imread does.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        why = 'file not found' if not Path(path).exists() else 'OpenCV cannot decode it'
-        raise DatasetError(f'{path}: image cannot be read ({why})')
-    return image
-
-
-def to_chw_tensor(image_hwc: np.ndarray) -> torch.Tensor:
-    """An HWC uint8 image as a contiguous CHW tensor, the evaluation datasets' item."""
-    return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
-
-
-class EvalDataset(torch.utils.data.Dataset):
-    """Images of a split resized for the network, for evaluation: yields (uint8 CHW BGR tensor, ResizeInfo, index)."""
-
-    def __init__(self, split: Split, cfg):
-        self.split = split
-        self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int):
-        image, info = resize_image(read_image(self.split.image_paths[index]), self.width, self.height, self.letterbox)
-        return to_chw_tensor(image), info, index
-
-
-def collate_eval(batch: list):
-    """EvalDataset items -> (uint8 NCHW tensor, list of ResizeInfo, list of split indices)."""
-    images, infos, indices = zip(*batch)
-    return torch.stack(images), list(infos), list(indices)

@@ -32,7 +32,7 @@ from utils.data.dataset import read_image
 class TrainDataset(Dataset):
     def __init__(self, split, cfg, augment: bool = True, seed: int = 0):
         self.image_paths = list(split.image_paths)
-        self.labels = [np.asarray(l, dtype=np.float32).reshape(-1, 5) for l in split.labels]
+        self.labels = [np.asarray(labels, dtype=np.float32).reshape(-1, 5) for labels in split.labels]
         if not self.image_paths:
             raise ValueError(f'{cfg.where("train")}: the training split has no images')
         self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox

@@ -1,6 +1,11 @@
-"""Rectangular evaluation batches: Ultralytics' validation pipeline, under which LeYOLO's figures were published.
+"""Evaluation datasets: the split's images resized for the network, each item (uint8 CHW BGR tensor, ResizeInfo,
+split index), batched by `collate_eval`.
 
-The square letterbox (utils/preprocess.py) pads every image to width x height. Rectangular batches pad less:
+`EvalDataset` resizes every image as the .data file says (utils/preprocess.resize_image: stretch or square
+letterbox). `RectEvalDataset` gives Ultralytics' rectangular batches instead, its validation pipeline under which
+LeYOLO's figures were published.
+
+Rectangular batches. The square letterbox pads every image to width x height; rectangular batches pad less:
 
 1. The split's images are sorted by aspect ratio (height / width) and cut, in that order, into batches of
    `batch_size`, so a batch holds images of similar shape.
@@ -30,13 +35,41 @@ import cv2
 import numpy as np
 import torch
 
-from utils.data.dataset import read_image, to_chw_tensor
-from utils.preprocess import ResizeInfo, pad_centred
+from utils.data.dataset import Split, read_image
+from utils.preprocess import ResizeInfo, pad_centred, resize_image
 
 RECT_PAD = 0.5          # strides of padding beyond the tightest shape (Ultralytics' val)
 RECT_BATCH_SIZE = 32    # Ultralytics' val batch for LeYOLO's published figures
 EXIF_ORIENTATION = 0x0112
 
+
+def to_chw_tensor(image_hwc: np.ndarray) -> torch.Tensor:
+    """An HWC uint8 image as a contiguous CHW tensor, the evaluation datasets' item."""
+    return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Images of a split resized for the network, for evaluation: yields (uint8 CHW BGR tensor, ResizeInfo, index)."""
+
+    def __init__(self, split: Split, cfg):
+        self.split = split
+        self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        image, info = resize_image(read_image(self.split.image_paths[index]), self.width, self.height, self.letterbox)
+        return to_chw_tensor(image), info, index
+
+
+def collate_eval(batch: list):
+    """Items of either evaluation dataset -> (uint8 NCHW tensor, list of ResizeInfo, list of split indices)."""
+    images, infos, indices = zip(*batch)
+    return torch.stack(images), list(infos), list(indices)
+
+
+# ---------------------------------------------------------------------------------------------- rectangular batches
 
 def image_sizes(paths: list) -> list[tuple[int, int]]:
     """(width, height) of each image as read_image will return it, from the file header where possible.
@@ -110,8 +143,8 @@ def pad_into(image_bgr: np.ndarray, width: int, height: int) -> tuple[np.ndarray
 
 
 class RectEvalDataset(torch.utils.data.Dataset):
-    """Yields (uint8 CHW BGR tensor, ResizeInfo, index) like utils.data.dataset.EvalDataset, each image in the shape of
-    its batch. Load it with `batch_sampler=[indices for indices, _ in plan]` of the same plan."""
+    """Yields (uint8 CHW BGR tensor, ResizeInfo, index) like EvalDataset, each image in the shape of its batch.
+    Load it with `batch_sampler=[indices for indices, _ in plan]` of the same plan."""
 
     def __init__(self, split, plan: list, side: int):
         self.split, self.side = split, side
