@@ -149,7 +149,8 @@ def test_strict_mode_and_empty_splits_are_errors(tmp_path):
     bad = make_image(tmp_path / 'bad.jpg')
     write(tmp_path / 'bad.txt', '0 0.5 0.5 0.2\n')
     listing = write_list(tmp_path / 'l.txt', [good, bad])
-    with pytest.raises(DatasetError, match=r'1 of 2 images have problems \(strict_labels is on\):\n  .*bad.txt:1: '):
+    with pytest.raises(DatasetError, match=r'1 of 2 images have problems \(strict_labels is on\); the first: '
+                                           r'.*bad.txt:1: '):
         check_split(listing, classes=1, strict=True)
     with pytest.raises(DatasetError, match='no usable image'):
         check_split(write_list(tmp_path / 'only_bad.txt', [bad]), classes=1)

@@ -329,13 +329,13 @@ def check_split(source: Path, classes: int | None, strict: bool = False, name: s
                   [e[3] for e in entries if e[3] is not None])
     if verbose:
         print(split.summary() + (f'\n  {cache_note}' if cache_note else ''), flush=True)
+    # one line each: the summary printed above lists the other problems
     if split.left_out and strict:
-        shown = '\n  '.join(split.left_out[:10])
         raise DatasetError(f'{source}: {len(split.left_out)} of {len(entries)} images have problems '
-                           f'(strict_labels is on):\n  {shown}')
+                           f'(strict_labels is on); the first: {split.left_out[0]}')
     if not split.image_paths:
-        shown = '\n  '.join(split.left_out[:REASONS_SHOWN])
-        raise DatasetError(f'{source}: no usable image ({len(entries)} listed, all left out):\n  {shown}')
+        raise DatasetError(f'{source}: no usable image ({len(entries)} listed, all left out); the first problem: '
+                           f'{split.left_out[0]}')
     return split
 
 
@@ -347,4 +347,4 @@ def load_split(cfg, which: str, verbose: bool = True) -> Split:
     try:
         return check_split(source, cfg.classes, cfg.strict_labels, which, verbose=verbose)
     except DatasetError as error:
-        raise DatasetError(f'{error}\n  (split "{which}" from {cfg.where(which)})') from None
+        raise DatasetError(f'{error} (split "{which}" of {cfg.where(which)})') from None
