@@ -9,7 +9,8 @@ Issue 6: from the ImageNet backbone only, yolo-fastestv2 trained on a small real
 reference trainer run with the same .data, epochs and init. The reference is public code we only run, never ship:
 a copy of dog-qiuqiu/Yolo-FastestV2 (decoupled-head version) assembled outside the repo, by default in
 /tmp/yfv2ref (train.py, utils/, model/, model/backbone/backbone.pth = the ImageNet ShuffleNetV2-0.5x weights). With
-no such folder the reference half is skipped with a message. How it was assembled: the README, "vs_reference".
+no such folder the reference half is skipped with a message. How it was assembled:
+docs/benchmarks.md, "The reference trainer".
 
 What runs (each side as a subprocess with OMP_NUM_THREADS=--threads, timed as a whole, own in-training evaluation
 included):
@@ -228,8 +229,8 @@ def main() -> int:
     if args.only != 'ours':
         missing = [name for name in REFERENCE_FILES if not (args.reference_dir / name).exists()]
         if missing:
-            print(f'reference half skipped: {args.reference_dir} lacks {", ".join(missing)} (see the README, '
-                  f'"vs_reference", to assemble it)')
+            print(f'reference half skipped: {args.reference_dir} lacks {", ".join(missing)} (docs/benchmarks.md, '
+                  f'"The reference trainer", says how to assemble it)')
         else:
             sides['reference'] = run_reference(cfg, args.reference_dir, out / 'reference', args.epochs,
                                                args.threads, args.reuse)

@@ -14,7 +14,7 @@
 
 namespace tinydet {
 
-// The sidecar JSON, checked (see docs/architecture.md and sample/ncnn/README section in the top-level README).
+// The sidecar JSON, checked (its keys: docs/deployment.md).
 struct ModelInfo {
     int input_width = 0;
     int input_height = 0;

@@ -13,7 +13,7 @@ Two protocols. The default resizes each image as the .data file says (stretch or
 box's best class. `rect=True, multi_label=True` is Ultralytics' validation, under which LeYOLO's figures were
 published: rectangular batches (utils/data/eval_data.py) and NMS that may keep a box once for each class above
 `conf`.
-docs/evaluation.md compares the two on LeYOLO-Nano's released weights.
+docs/benchmarks.md compares the two on LeYOLO-Nano's released weights.
 
 Category ids are the 0-based Darknet classes; image ids inside the evaluation are split indices.
 """
