@@ -5,7 +5,7 @@
     .venv/bin/python bench/finetune.py --epochs 3 --lr 0.0001 --warmup-epochs 0 --out runs/ft
 
 Writes a .data for coco128 (train = ../shared/datasets/coco128/images/train2017, val = .../val2017, names =
-data/coco.names), scores the released weights on val2017 with utils.evaluator.evaluator.evaluate (pycocotools), fine-tunes
+data/coco.names), scores the released weights on val2017 with utils.evaluator.evaluate (pycocotools), fine-tunes
 through the trainer API as `train.py --weights <released>` does, scores the trained model (the EMA of last.pt,
 what the trainer itself evaluates and exports) and prints both with their ratio. The baseline is the released
 model measured in the same run.

@@ -19,7 +19,7 @@ included):
              config: only the 15 keys its parser knows, `key=value` without spaces (its parser does not strip
              them), absolute paths. It needs list files whose labels lie beside the images; checked first.
   ours       `train.py --data X --epochs N --out <out>/ours`; the score is of last.pt (the EMA weights).
-Both final models are scored by utils.evaluator.evaluator.evaluate (pycocotools, the val split, conf 0.001, NMS IoU 0.6).
+Both final models are scored by utils.evaluator.evaluate (pycocotools, the val split, conf 0.001, NMS IoU 0.6).
 The reference's checkpoints (every 10th epoch, plus the final one with local edit 5) give its mAP curve; ours
 comes from its results.csv. Verdict: PASS when ours / reference >= --min-ratio for mAP@0.5 and mAP@0.5:0.95.
 Exit status 0 PASS, 1 FAIL, 2 nothing to compare (a side skipped or missing).
