@@ -20,7 +20,8 @@ from utils.cli import positive_int, run
 from utils.config import load_config
 from utils.data.dataset import list_images, read_image
 from utils.errors import ConfigError, UserError
-from utils.export.ncnn_export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, check_export, export_all
+from utils.export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, export_all
+from utils.export.check import check_export
 from utils.preprocess import resize_image, to_input_tensor
 
 

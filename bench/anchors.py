@@ -76,7 +76,8 @@ def main() -> None:
         estimate = baseline * len(boxes) / len(small)
         print(f'baseline (pure Python, Yolo-FastestV2 style) k={k} on {len(small)} boxes: {baseline:.1f} s, '
               f'{iterations} iterations, mean IoU {mean_best_iou(small, centres):.4f}; '
-              f'extrapolated to {len(boxes)} boxes: {estimate:.0f} s -> utils.data.anchors is {estimate / ours[k]:.0f}x '
+              f'extrapolated to {len(boxes)} boxes: {estimate:.0f} s -> utils.data.anchors is '
+              f'{estimate / ours[k]:.0f}x '
               f'faster (with 10 restarts to its 1)')
 
 

@@ -5,9 +5,9 @@
     .venv/bin/python bench/int8_accuracy.py --model leyolo-nano          # 320 letterbox
 
 Exports the released weights (../shared/weights: Yolo-FastestV2 or LeYOLO-nano) to fp32 NCNN through the
-project's own export (utils/export/ncnn_export.py, pnnx fp16=0), or takes --fp32-param; calibrates INT8 on coco128
-train2017 (N images spread over it) with utils/int8/quantize.py; then runs both NCNN models over coco128 val2017 with the
-same pre-processing, decode and NMS (utils/postprocess.py) and scores them with pycocotools. The baseline is
+project's own export (utils/export, pnnx fp16=0), or takes --fp32-param; calibrates INT8 on coco128 train2017 (N
+images spread over it) with utils/int8/quantize.py; then runs both NCNN models over coco128 val2017 with the same
+pre-processing, decode and NMS (utils/postprocess.py) and scores them with pycocotools. The baseline is
 the fp32 NCNN model measured in the same run.
 Targets (issue 10): INT8 mAP@0.5 within 1.5 points of fp32, INT8 .bin at most 40% of fp32, and never an empty
 result. "Empty result": an image on which fp32 has at least one detection at test.py's threshold (--conf 0.3,
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from utils.config import YFV2_COCO_ANCHORS_352, Config  # noqa: E402
 from utils.int8.calibrate import load_ncnn_net, run_blobs  # noqa: E402
 from utils.int8.quantize import calibration_sample, quantize_ncnn  # noqa: E402
-from utils.int8.write import NcnnModel, read_param  # noqa: E402
+from utils.ncnn_param import read_io_blobs  # noqa: E402
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor  # noqa: E402
 
 COCO128 = SHARED / 'datasets' / 'coco128'
@@ -56,7 +56,8 @@ def export_released(cfg, workdir: Path) -> tuple:
     import torch
 
     from model.build import build_model
-    from utils.export.ncnn_export import convert_to_ncnn, export_onnx
+    from utils.export.ncnn_convert import convert_to_ncnn
+    from utils.export.onnx_export import export_onnx
     torch.set_num_threads(1)
     model = build_model(cfg, log=lambda *_: None)
     onnx_path = export_onnx(model, workdir / f'{cfg.model}_fp32.onnx', cfg.width, cfg.height)
@@ -117,7 +118,7 @@ def score_changes(reference: list, other: list, min_iou: float = 0.5) -> np.ndar
 def latency_ms(models: dict, chw: np.ndarray, input_blob: str, runs: int) -> dict:
     """Median CPU time (ms, the calling thread's clock, so other processes on a shared machine are left out) of
     one 1-thread inference per model; the models take turns every round so drifts hit them alike."""
-    nets = {name: (load_ncnn_net(*files, int8=int8), NcnnModel(files[0], *read_param(files[0])).output_blobs)
+    nets = {name: (load_ncnn_net(*files, int8=int8), read_io_blobs(files[0])[1])
             for name, (files, int8) in models.items()}
     times = {name: [] for name in nets}
     for round_index in range(runs + 3):                   # the first 3 rounds warm up
@@ -148,12 +149,12 @@ def predict_all(param_path, bin_path, int8: bool, split, cfg, spec, conf: float,
     from utils.data.dataset import read_image
     from utils.postprocess import postprocess
     net = load_ncnn_net(param_path, bin_path, int8=int8)
-    model = NcnnModel(param_path, *read_param(param_path))    # blob names only; the weights may be int8
+    input_blob, output_blobs = read_io_blobs(param_path)
     results = []
     for path in split.image_paths:
         resized, info = resize_image(read_image(path), cfg.width, cfg.height, cfg.letterbox)
-        outputs = run_blobs(net, model.input_blob, model.output_blobs, to_input_tensor([resized])[0])
-        detections = postprocess([outputs[b][None] for b in model.output_blobs], spec, conf, iou)[0]
+        outputs = run_blobs(net, input_blob, output_blobs, to_input_tensor([resized])[0])
+        detections = postprocess([outputs[b][None] for b in output_blobs], spec, conf, iou)[0]
         detections[:, :4] = boxes_to_original(detections[:, :4], info)
         results.append(detections)
     return results
@@ -224,7 +225,7 @@ def main() -> int:
         val = load_split(cfg, 'val', verbose=False)
 
         if args.arm is not None:     # the C++ app needs the sidecar; quantize_ncnn copies it beside the INT8 model
-            from utils.export.ncnn_export import write_sidecar
+            from utils.export.ncnn_convert import write_sidecar
             write_sidecar(fp32_param, spec, [str(i) for i in range(80)], cfg.letterbox)
         start = time.perf_counter()
         report = quantize_ncnn(fp32_param, fp32_bin, calib, cfg.width, cfg.height, cfg.letterbox,
@@ -281,7 +282,7 @@ def main() -> int:
             _, chw = next(load_calibration_inputs(val.image_paths[:1], cfg.width, cfg.height, cfg.letterbox))
             ms = latency_ms({'fp32': ((fp32_param, fp32_bin), False),
                              'int8': ((workdir / 'int8.param', workdir / 'int8.bin'), True)},
-                            chw, NcnnModel(fp32_param, *read_param(fp32_param)).input_blob, args.latency_runs)
+                            chw, read_io_blobs(fp32_param)[0], args.latency_runs)
             print(f'latency, x86 host, 1 thread, CPU time, median of {args.latency_runs}: fp32 {ms["fp32"]:.1f} ms, '
                   f'int8 {ms["int8"]:.1f} ms (int8/fp32 {ms["int8"] / ms["fp32"]:.2f}x)')
         arm_ok = True

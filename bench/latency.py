@@ -7,16 +7,16 @@
 Per model and thread count: export (as pytorch2onnx.py does) into a temp folder, warm up, then time batch-1
 inference `--runs` times per backend and print the median and the interquartile range in ms. For yolo-fastestv2 at
 352 the NCNN model Yolo-FastestV2's authors shipped (../shared/weights/yolo-fastestv2/yolo-fastestv2-opt.param) and
-our export without its layer hint (utils/export/ncnn_export.py, `add_ncnn_layer_hints`; at more than one thread NcnnRuntime
-clears that hint itself, so both slots then run the same graph) run in the same loop, and the script prints
+our export without its layer hint (utils/ncnn_param.py; at more than one thread NcnnRuntime clears that hint
+itself, so both slots then run the same graph) run in the same loop, and the script prints
 ours/reference with a 95 % interval (target <= 1.0). Every NCNN model runs with the same options: fp32
 (fp16 packed/storage/arithmetic off), the same thread count, NCNN's defaults otherwise.
 
 Fairness on a shared machine: every round calls each backend once, in an order taken from a balanced Latin square
 (each backend follows every other equally often), because a backend timed right after PyTorch or onnxruntime
 starts with caches they filled, and one timed right after another NCNN model finds NCNN's code and the input warm.
-The old fixed rotation put our NCNN model after onnxruntime every round and the reference after ours in 3 of 4: an
-A/A test (`--same-model-twice`: our model in both slots) then read 1.02-1.07 for two copies of one model.
+A fixed rotation biases the ratio: with our NCNN model after onnxruntime every round and the reference after ours
+in 3 of 4, an A/A test (`--same-model-twice`: our model in both slots) reads 1.02-1.07 for two copies of one model.
 `--cpu-time` times with the calling thread's CPU clock (time.thread_time), which leaves out the time the OS gave
 other processes; only meaningful at 1 thread, where every backend computes in the calling thread.
 The load average is printed before and after each model; ratios from different runs are not comparable.
@@ -40,8 +40,9 @@ sys.path.insert(0, str(REPO))
 from model.build import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.export.ncnn_export import export_all, ncnn_blob_names  # noqa: E402
-from utils.runtimes.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared  # noqa: E402
+from utils.export import export_all  # noqa: E402
+from utils.ncnn_param import read_io_blobs  # noqa: E402
+from utils.runtimes.ncnn_runtime import NcnnRuntime, param_text_without_hints  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
 SHIPPED_PARAM = SHARED / 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'
@@ -149,7 +150,7 @@ def bench_model(model_name: str, side: int, threads_list, args, folder: Path) ->
     no_hint_param = None
     if with_reference:   # the same export without the layer hint: how much of the result is the hint
         no_hint_param = folder / f'{model_name}-nohint.param'   # the same graph and weights, the hint cleared
-        no_hint_param.write_text(single_thread_hints_cleared(paths['param'].read_text()))
+        no_hint_param.write_text(param_text_without_hints(paths['param']))
         no_hint_param.with_suffix('.bin').symlink_to(paths['bin'])
     print(f'\n{model_name} {side}x{side} ({weights_note}), {args.runs} runs after {args.warmup} warm-up; '
           f'{load_text()}')
@@ -171,7 +172,7 @@ def bench_model(model_name: str, side: int, threads_list, args, folder: Path) ->
             runners['ncnn, 2nd copy'] = NcnnRuntime(paths['param'], num_threads=threads)
         if with_reference:
             runners['ncnn, no hint'] = NcnnRuntime(no_hint_param, num_threads=threads,
-                                                   blobs=ncnn_blob_names(no_hint_param))
+                                                   blobs=read_io_blobs(no_hint_param))
             runners[REFERENCE] = NcnnRuntime(SHIPPED_PARAM, num_threads=threads, blobs=SHIPPED_BLOBS)
         times_ms = time_interleaved(runners, batch, args.runs, args.warmup,
                                     clock=time.thread_time if cpu_time else time.perf_counter)

@@ -95,7 +95,8 @@ def build(out: Path, side: int = 352, epochs: int = 100, seed: int = 0) -> Path:
         '[name]', 'model_name=person200',
         '[train-configure]', f'epochs={epochs}', 'steps=50,80', 'batch_size=32', 'subdivisions=1',
         'learning_rate=0.001',
-        '[model-configure]', f'backbone_weights={BACKBONE / "shufflenetv2-0.5x-imagenet-backbone.pth"}', 'classes=1', f'width={side}',
+        '[model-configure]', f'backbone_weights={BACKBONE / "shufflenetv2-0.5x-imagenet-backbone.pth"}', 'classes=1',
+        f'width={side}',
         f'height={side}', 'anchor_num=3', f'anchors={format_anchors(anchors_px)}',
         '[data-configure]', f'train={train_list}', f'val={val_list}', f'names={out / "person.names"}', '']))
     print(f'{data}: {len(train)} train images ({sum(len(b) for _, b in train)} people, '

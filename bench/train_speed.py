@@ -195,7 +195,8 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f'ours     : {rate["ours"]:7.2f} images/s ({sum(ours_s) / len(ours_s):.2f} s per batch)')
-    print(f'naive    : {rate["naive"]:7.2f} images/s (float32 NCHW batches, no cache / AMP / pinning / cudnn.benchmark)')
+    print(f'naive    : {rate["naive"]:7.2f} images/s '
+          f'(float32 NCHW batches, no cache / AMP / pinning / cudnn.benchmark)')
     if 'reference' in rate:
         print(f'reference: {rate["reference"]:7.2f} images/s (Yolo-FastestV2\'s train.py step, contrast/brightness '
               f'augmentation only)')

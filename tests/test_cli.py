@@ -123,7 +123,7 @@ def exported(coco128, tmp_path_factory):
     """The released weights exported by the project's own exporter to ONNX and NCNN (fp32)."""
     from model.build import build_model
     from model.weights import load_weights
-    from utils.export.ncnn_export import export_all
+    from utils.export import export_all
     cfg = load_config(coco128)
     model = build_model(cfg, log=lambda *_: None)
     load_weights(model, shared_path(RELEASED_WEIGHTS))

@@ -15,18 +15,17 @@ from conftest import REPO, shared_path
 from model.build import build_model
 from model.weights import load_weights
 from utils.config import load_config
-from utils.export.ncnn_export import (
-    TOLERANCES,
-    add_ncnn_layer_hints,
-    check_export,
-    export_all,
-    run_onnxruntime,
-    run_opencv,
-    run_torch,
-)
+from utils.errors import ConfigError, NcnnModelError
+from utils.export import export_all
+from utils.export.check import TOLERANCES, check_export
+from utils.export.ncnn_convert import add_ncnn_layer_hints
+from utils.ncnn_param import add_stem_hint, clear_hint, io_blobs, param_text, parse_param, read_param
 from utils.postprocess import postprocess
 from utils.preprocess import resize_image, to_input_tensor
-from utils.runtimes.ncnn_runtime import NcnnRuntime, single_thread_hints_cleared
+from utils.runtimes import backend_for, load_runtime
+from utils.runtimes.ncnn_runtime import NcnnRuntime, param_text_without_hints
+from utils.runtimes.onnx_runtime import OnnxRuntime, OpenCVRuntime
+from utils.runtimes.torch_runtime import TorchRuntime
 
 RELEASED = 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'
 SHIPPED_PARAM = 'weights/yolo-fastestv2/yolo-fastestv2-opt.param'
@@ -79,10 +78,10 @@ def test_script_writes_four_files_and_a_passing_report(released_export):
 def test_every_backend_matches_pytorch_on_a_real_image(released_export):
     model, cfg = released_export['model'], released_export['cfg']
     batch = bus_batch(cfg.width, cfg.height)
-    reference = run_torch(model, batch)
+    reference = TorchRuntime(model)(batch)
     assert [r.shape for r in reference] == [(1, 22, 22, 95), (1, 11, 11, 95)]   # NHWC, 5*3 + 80 channels
-    outputs = {'onnxruntime': run_onnxruntime(released_export['onnx'], batch),
-               'opencv': run_opencv(released_export['onnx'], batch),
+    outputs = {'onnxruntime': OnnxRuntime(released_export['onnx'], model.spec)(batch),
+               'opencv': OpenCVRuntime(released_export['onnx'], model.spec)(batch),
                'ncnn': NcnnRuntime(released_export['param'])(batch)}
     reference_dets = postprocess(reference, model.spec, 0.3, 0.4)[0]
     assert len(reference_dets) >= 2   # the bus and people: the detection comparison below is not vacuous
@@ -143,8 +142,8 @@ def hinted_layers(param_path):
 
 
 def test_stem_hint_changes_the_kernel_not_the_outputs(released_export, tmp_path):
-    """The layer hint (no im2col + GEMM for the stem, utils/export/ncnn_export.py) sits on the stem alone and the NCNN outputs
-    with and without it equal each other and PyTorch's."""
+    """The layer hint (no im2col + GEMM for the stem, utils/ncnn_param.py) sits on the stem alone and the NCNN
+    outputs with and without it equal each other and PyTorch's."""
     param = released_export['param']
     hinted = hinted_layers(param)
     assert [(fields[0], fields[4], fields[-1]) for fields in hinted] == [('Convolution', 'in0', '31=32')]
@@ -154,13 +153,13 @@ def test_stem_hint_changes_the_kernel_not_the_outputs(released_export, tmp_path)
         shutil.copyfile(param.with_suffix(suffix), plain.with_suffix(suffix))
     cfg = released_export['cfg']
     batch = bus_batch(cfg.width, cfg.height)
-    reference = run_torch(released_export['model'], batch)
+    reference = TorchRuntime(released_export['model'])(batch)
     with_hint, without_hint = NcnnRuntime(param)(batch), NcnnRuntime(plain)(batch)
     two_threads = NcnnRuntime(param, num_threads=2)(batch)   # loads the .param with the hint cleared
     for ref, a, b, c in zip(reference, with_hint, without_hint, two_threads):
         assert np.abs(a - b).max() <= 1e-6 and np.abs(a - c).max() <= 1e-6
         assert np.abs(a - ref).max() <= TOLERANCES['ncnn']
-    assert single_thread_hints_cleared(param.read_text()) == plain.read_text()
+    assert param_text_without_hints(param) == plain.read_text()
     # the rewrite gives back the exported file, and a second pass changes nothing
     assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()
     assert add_ncnn_layer_hints(plain) == [hinted[0][1]] and plain.read_text() == param.read_text()
@@ -172,6 +171,75 @@ def test_stem_hint_keeps_a_feature_mask_already_there(released_export, tmp_path)
     edited.write_text(text)
     add_ncnn_layer_hints(edited)
     assert [fields[-1] for fields in hinted_layers(edited)] == ['31=33']
+
+
+def test_param_reader_agrees_with_ncnn_and_writes_back_the_same_bytes(released_export):
+    """utils/ncnn_param.py on our pnnx export and on the authors' shipped model: the layers, blobs and model
+    inputs/outputs it reads are the ones NCNN's own parser reads, and writing them back gives the file unchanged."""
+    for path in (released_export['param'], shared_path(SHIPPED_PARAM)):
+        layers, blob_count = read_param(path)
+        assert param_text(layers, blob_count) == path.read_text()
+        net = ncnn.Net()
+        assert net.load_param(str(path)) == 0
+        blob_names = [blob.name for blob in net.blobs()]
+        assert blob_count == len(blob_names)
+        assert [(layer.type, layer.name, layer.bottoms, layer.tops) for layer in layers] == \
+            [(layer.type, layer.name, [blob_names[i] for i in layer.bottoms], [blob_names[i] for i in layer.tops])
+             for layer in net.layers()]
+        assert io_blobs(layers) == (net.input_names()[0], net.output_names())
+    assert io_blobs(read_param(shared_path(SHIPPED_PARAM))[0]) == SHIPPED_IO
+
+
+def test_param_reader_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / 'bad.param'
+    cases = [('7767518\n1 1\nInput in0 0 1 in0\n', r'bad.param:1: not an NCNN text .param'),
+             ('7767517\n2 2\nInput in0 0 1 in0\n', r'bad.param:2: header says 2 layers, file has 1'),
+             ('7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0 0\n', r'bad.param:4: cannot parse layer'),
+             ('7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 2 in0 out0\n', r'bad.param:4: layer "relu" lists fewer')]
+    for text, message in cases:
+        bad.write_text(text)
+        with pytest.raises(NcnnModelError, match=message):
+            read_param(bad)
+    bad.write_text('7767517\n1 1\nReLU relu 0 1 x\n')
+    with pytest.raises(NcnnModelError, match='bad.param: expected exactly one Input layer, found 0'):
+        io_blobs(read_param(bad)[0], bad)
+
+
+def test_stem_hint_goes_to_image_reading_convolutions_only():
+    """Which layers get the hint and what their masks become, worked out by hand: input channels are weight
+    count / (outputs * kernel area); only a k x k (k > 1) convolution reading at most 4 channels is a stem."""
+    text = ('7767517\n5 5\nInput in0 0 1 in0\n'
+            'Convolution stem 1 1 in0 a 0=16 1=3 3=2 5=1 6=432 31=1\n'           # 3 channels, 3x3, mask bit 0
+            'Convolution wide 1 1 a b 0=16 1=3 5=1 6=2304\n'                      # 16 channels: not a stem
+            'Convolution pointwise 1 1 b c 0=16 1=1 5=1 6=48\n'                   # 1x1
+            'Convolution rect 1 1 c out0 0=8 1=1 11=5 5=1 6=40\n')                # 1 channel, 1x5 kernel
+    layers, _ = parse_param(text)
+    assert add_stem_hint(layers) == ['stem', 'rect']
+    assert add_stem_hint(layers) == ['stem', 'rect']   # a second pass changes nothing more
+    masks = {layer.name: layer.params.get(31) for layer in layers}
+    assert masks == {'in0': None, 'stem': '33', 'wide': None, 'pointwise': None, 'rect': '32'}
+    assert list(layers[1].params) == [0, 1, 3, 5, 6, 31]   # the mask stays where it was written
+    for layer in layers:
+        clear_hint(layer)
+    assert {layer.name: layer.params.get(31) for layer in layers} == {**masks, 'stem': '1', 'rect': None}
+
+
+def test_backend_follows_the_weights_suffix():
+    assert [backend_for(name) for name in ('m.param', 'out/m.onnx', 'best.pth', 'LeYOLONano.pt', 'weights')] == \
+        ['ncnn', 'onnx', 'torch', 'torch', 'torch']
+
+
+@pytest.mark.parametrize('backend, name', [('torch', 'm.param'), ('torch', 'm.onnx'), ('ncnn', 'm.onnx'),
+                                           ('onnx', 'm.param'), ('opencv', 'best.pth')])
+def test_load_runtime_refuses_the_file_of_another_backend(tmp_path, backend, name):
+    """One line naming the file and the backend, before any library or the config is touched."""
+    weights = tmp_path / name
+    weights.write_bytes(b'not read')
+    with pytest.raises(ConfigError, match=rf'{name}: the {backend} backend reads .* the {backend_for(name)} '
+                                          rf'backend reads this one$'):
+        load_runtime(backend, None, weights)
+    with pytest.raises(FileNotFoundError, match='missing.pth: weights file not found'):
+        load_runtime('torch', None, tmp_path / 'missing.pth')
 
 
 def test_non_square_input_and_other_classes_export(tmp_path):
@@ -191,7 +259,7 @@ def test_a_channels_last_model_exports_the_same_graph(tmp_path):
     of it (say, of the EMA mid-training) must still write the reshape-permute channel shuffle NCNN knows."""
     import onnx
 
-    from utils.export.ncnn_export import export_onnx
+    from utils.export.onnx_export import export_onnx
     cfg = load_config(write_data_file(tmp_path, classes=3, width=128, height=96))
     model = build_model(cfg, log=lambda *_: None)
     op_types = []

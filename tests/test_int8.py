@@ -1,4 +1,4 @@
-"""INT8 NCNN models written by utils/int8*.py, checked against the NCNN runtime itself.
+"""INT8 NCNN models written by utils/int8/, checked against the NCNN runtime itself.
 
 A tiny torch net (3x3 stride-2 conv, depthwise 3x3, 1x1, 3x3 stride-1 conv, sigmoid 1x1 head, mean + Linear)
 goes torch -> ONNX -> pnnx -> fp32 NCNN, is quantized on synthetic structured images, and the INT8 model is run by
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tests.conftest import shared_path
+from utils.errors import NcnnModelError
 from utils.int8.calibrate import (
     HISTOGRAM_BINS,
     KL_EPS,
@@ -31,16 +32,8 @@ from utils.int8.calibrate import (
     run_blobs,
 )
 from utils.int8.quantize import end_layers, layer_weight_scales, quantize_ncnn
-from utils.int8.write import (
-    TAG_INT8,
-    LayerScales,
-    NcnnModel,
-    NcnnModelError,
-    quantize_to_int8,
-    read_ncnn_model,
-    read_param,
-    write_int8_model,
-)
+from utils.int8.write import TAG_INT8, LayerScales, NcnnModel, quantize_to_int8, read_ncnn_model, write_int8_model
+from utils.ncnn_param import read_param
 
 SIZE = 64
 # max |int8 - fp32| allowed per output, as a fraction of that output's largest |fp32| value. Measured on this
@@ -342,6 +335,17 @@ def test_unreadable_calibration_images_are_counted_and_sidecar_follows(tiny, tmp
                       tmp_path / 'q.param', tmp_path / 'q.bin', method='entropy')
 
 
+def test_file_format_modules_load_without_ncnn_or_torch():
+    """Reading and writing NCNN files is pure Python: utils/ncnn_param.py and the INT8 writer import neither the
+    ncnn package nor torch, and utils.runtimes (backend choice) imports no backend library."""
+    code = ('import sys, utils.ncnn_param, utils.int8.write, utils.runtimes; '
+            'loaded = sorted({"ncnn", "torch", "onnxruntime", "cv2"} & set(sys.modules)); '
+            'assert not loaded, loaded')
+    result = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_rounding_is_ncnns():
     """Half away from zero (C round), clamp to +-127: 0.5 -> 1, -0.5 -> -1, 2.5 -> 3, 300 -> 127."""
     values = np.array([0.5, -0.5, 2.5, -2.5, 1.49, 300.0, -300.0], np.float32)
@@ -436,7 +440,7 @@ def box_iou(box, boxes):
 
 
 def test_quantize_with_config_gives_a_model_the_project_runtime_runs(tiny, tmp_path):
-    """The pytorch2onnx.py path: X.param/.bin/.json + a Config -> X-int8.*, run through utils/runtimes/ncnn_runtime.py."""
+    """The pytorch2onnx.py path: X.param/.bin/.json + a Config -> X-int8.*, run by utils/runtimes/ncnn_runtime.py."""
     from utils.config import Config
     from utils.int8.quantize import int8_paths, quantize_with_config
     from utils.runtimes.ncnn_runtime import NcnnRuntime

@@ -98,13 +98,14 @@ def test_nano_reproduces_the_fork_outputs(nano_imported):
         assert (torch.cat((box, cls), 1) - reference[name]).abs().max() <= 1e-4, name
 
     # Decode the deployment layout independently of our code: anchors at cell centres, P3 then P4 then P5,
-    # row-major; box = (anchor -/+ distances) * stride as xywh pixels, then the class sigmoids (the fork's Detect decode).
+    # row-major; box = (anchor -/+ distances) * stride as xywh pixels, then the class sigmoids (the fork's Detect
+    # decode).
     rows, ltrb_rows = [], []
     for stride, out in zip((8, 16, 32), deployed):
         _, h, w, _ = out.shape
         ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing='ij')
-        l, t, r, b = out[0, ..., :4].unbind(-1)
-        x1, y1, x2, y2 = xs - l, ys - t, xs + r, ys + b
+        left, top, right, bottom = out[0, ..., :4].unbind(-1)
+        x1, y1, x2, y2 = xs - left, ys - top, xs + right, ys + bottom
         xywh = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), -1) * stride
         rows.append(torch.cat((xywh, out[0, ..., 4:]), -1).reshape(h * w, -1))
         ltrb_rows.append(out[0, ..., :4].reshape(h * w, 4))

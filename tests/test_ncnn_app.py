@@ -1,7 +1,8 @@
 """The C++ app (sample/ncnn: the tinydet library and tinydet_cli) against the Python NCNN path, on real images.
 
 Reference, independent of the C++ code: cv2 resize (utils/preprocess) -> the Python `ncnn` module
-(utils/ncnn_runtime) -> utils/postprocess (decode + NMS) -> boxes_to_original, driven by the same sidecar JSON.
+(utils/runtimes/ncnn_runtime.py) -> utils/postprocess (decode + NMS) -> boxes_to_original, driven by the same
+sidecar JSON.
 Models: the released Yolo-FastestV2 weights and LeYOLO-Nano, both exported by utils/export (the code behind
 pytorch2onnx.py), and the NCNN model Yolo-FastestV2's authors shipped, with a hand-written sidecar (stretch and
 letterbox, so both resize paths run on the same net).
@@ -11,9 +12,9 @@ with libjpeg, and the two JPEG decoders differ by a few grey levels. What that c
 The aarch64 build runs under qemu (Cortex-A53) on the same images.
 
 INT8 (utils/int8/quantize.py, what `pytorch2onnx.py --int8` writes): NCNN's INT8 kernels round differently per
-instruction set, and INT8 turns a one-step rounding difference early in the net into visible score and box jitter (as it does
-a grey level of resize difference). So the INT8 models are fed images already at the network's input size (both
-sides skip resizing and see the same pixels), and:
+instruction set, and INT8 turns a one-step rounding difference early in the net into visible score and box jitter
+(as it does a grey level of resize difference). So the INT8 models are fed images already at the network's input
+size (both sides skip resizing and see the same pixels), and:
 - an all-INT8 model (every conv INT8: integer arithmetic, exact in any build) run by the app built with the
   kernels the Python wheel uses (NCNN_HOST_DISPATCH=1: AVX2/AVX-512 dispatch) must give the Python detections
   within the fp32 tolerances above (measured: equal to the printed precision);
@@ -40,7 +41,7 @@ from model.build import build_model
 from model.spec import HeadSpec
 from model.weights import load_weights
 from utils.config import YFV2_COCO_ANCHORS_352, load_config
-from utils.export.ncnn_export import export_all
+from utils.export import export_all
 from utils.int8.quantize import int8_paths, quantize_with_config
 from utils.postprocess import decode, postprocess
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor

@@ -49,8 +49,9 @@ def greedy_nms(boxes_xyxy, scores, iou_thresh):
         for j in order:
             ix = max(0.0, min(boxes_xyxy[i, 2], boxes_xyxy[j, 2]) - max(boxes_xyxy[i, 0], boxes_xyxy[j, 0]))
             iy = max(0.0, min(boxes_xyxy[i, 3], boxes_xyxy[j, 3]) - max(boxes_xyxy[i, 1], boxes_xyxy[j, 1]))
-            area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
-            iou = ix * iy / (area(boxes_xyxy[i]) + area(boxes_xyxy[j]) - ix * iy)
+            area_i = (boxes_xyxy[i, 2] - boxes_xyxy[i, 0]) * (boxes_xyxy[i, 3] - boxes_xyxy[i, 1])
+            area_j = (boxes_xyxy[j, 2] - boxes_xyxy[j, 0]) * (boxes_xyxy[j, 3] - boxes_xyxy[j, 1])
+            iou = ix * iy / (area_i + area_j - ix * iy)
             if iou <= iou_thresh:
                 survivors.append(j)
         order = survivors

@@ -46,7 +46,8 @@ def resize_image(image_bgr: np.ndarray, width: int, height: int, letterbox: bool
     return padded, ResizeInfo(ratio, ratio, float(left), float(top), w0, h0)
 
 
-def pad_centred(image_bgr: np.ndarray, width: int, height: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, int, int]:
+def pad_centred(image_bgr: np.ndarray, width: int, height: int,
+                pad_value: int = PAD_VALUE) -> tuple[np.ndarray, int, int]:
     """The image centred in width x height px of grey; returns (padded image, left pad px, top pad px)."""
     h, w = image_bgr.shape[:2]
     # Split odd padding the way Ultralytics does (the extra pixel at the bottom / right), so LeYOLO's published

@@ -101,11 +101,11 @@ class EvalResult:
 
 
 def as_runtime(model_or_runtime):
-    """A Detector is wrapped so it is called like any backend; a runtime (utils.runtimes.backends) is used as it is."""
+    """A Detector is wrapped so it is called like any backend; a runtime (utils/runtimes) is used as it is."""
     if isinstance(model_or_runtime, torch.nn.Module):
         return TorchRuntime(model_or_runtime)
     if not hasattr(model_or_runtime, 'spec'):
-        raise TypeError(f'expected a Detector or a runtime from utils.runtimes.backends.load_runtime, '
+        raise TypeError(f'expected a Detector or a runtime from utils.runtimes.load_runtime, '
                         f'got {type(model_or_runtime).__name__}')
     return model_or_runtime
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.errors import NcnnModelError
 from utils.preprocess import PAD_VALUE, resize_image, to_input_tensor
 
 HISTOGRAM_BINS = 2048
@@ -54,7 +55,7 @@ def load_ncnn_net(param_path, bin_path, int8: bool = False):
     net.opt.use_int8_inference = int8
     net.opt.num_threads = 1
     if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
-        raise RuntimeError(f'ncnn could not load {param_path} / {bin_path}')
+        raise NcnnModelError(f'{param_path}: NCNN could not load it with {bin_path}')
     return net
 
 
@@ -169,8 +170,8 @@ def _kl_block(h: np.ndarray, cum_h: np.ndarray, thresholds: np.ndarray) -> np.nd
 # bias, fused activation) in PyTorch on the fp32 input blobs of the calibration images, for candidate thresholds
 # from absmax down to absmax/16 plus the KL threshold, and keeps the one with the least squared error of the
 # layer's own output. The same simulation measures each layer's mean error per output channel before its
-# activation at the chosen threshold: the bias shift that quantization causes, which utils/int8/quantize.py subtracts from
-# the bias (bias correction).
+# activation at the chosen threshold: the bias shift that quantization causes, which utils/int8/quantize.py
+# subtracts from the bias (bias correction).
 
 MSE_CANDIDATES = 16          # absmax * 2**(-k/4), k = 0..15
 

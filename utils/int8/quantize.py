@@ -7,9 +7,10 @@
 Calibration images go through the deployment pre-processing (utils.preprocess.resize_image with the .data's
 size and letterbox, BGR, /255): INT8 activation scales only fit inference inputs prepared the same way.
 Convolution and InnerProduct layers are quantized (weights per output channel, activations per layer, see
-utils/int8/calibrate.py), and ConvolutionDepthWise too (per group) with depthwise_fp32=False. The model is mixed precision: depthwise convolutions, the first conv layer and the conv
-layers that feed the outputs stay fp32 (weights stored as float32 unless fp16_kept), as do the layers named in
-`keep_fp32` and every layer that is not a conv/fc. NCNN runs a conv layer in fp32 when its .param line has no
+utils/int8/calibrate.py), and ConvolutionDepthWise too (per group) with depthwise_fp32=False. The model is mixed
+precision: depthwise convolutions, the first conv layer and the conv layers that feed the outputs stay fp32
+(weights stored as float32 unless fp16_kept), as do the layers named in `keep_fp32` and every layer that is not a
+conv/fc. NCNN runs a conv layer in fp32 when its .param line has no
 int8_scale_term, whatever the layers around it do. The output is checked: the INT8 model is loaded by the ncnn
 runtime and compared with fp32 on a few calibration images, and the numbers go into the report.
 """
@@ -146,7 +147,7 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     fp16_kept: store the weights of the conv/fc layers left fp32 as float16: half their bytes (LeYOLO-Nano 37%
                -> 30% of fp32), still computed in fp32. Off by default: the C++ app (NCNN built from source)
                then differed from the Python wheel by up to 2 px on Yolo-FastestV2 (equal with float32 storage).
-    A sidecar `X.json` beside `param_path` (utils/export/ncnn_export.py) is copied beside `out_param`.
+    A sidecar `X.json` beside `param_path` (utils/export/ncnn_convert.py) is copied beside `out_param`.
     Raises ValueError when no calibration image can be read, or a name in keep_fp32 is not such a layer.
     """
     if method not in METHODS:
@@ -230,8 +231,8 @@ def calibration_sample(image_paths: list, count: int) -> list:
 
 def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', depthwise_fp32: bool = True,
                          ends_fp32: bool = True, fp16_kept: bool = False, log=print) -> Int8Report:
-    """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export/ncnn_export.py) on N
-    images of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
+    """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export) on N images
+    of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
     from utils.data.dataset import load_split
     if cfg.train is None:
         raise ValueError(f'{cfg.data_path}: INT8 calibration reads images of the "train" split, and this .data '

@@ -3,7 +3,8 @@
 NCNN's quantization tools (ncnn2table, ncnn2int8) are C++ programs we cannot install here, so this module writes
 the format they write, as NCNN's loader reads it (src/modelbin.cpp and each layer's load_model):
 
-* .param: one line per layer, `type name n_bottoms n_tops bottoms... tops... key=value ...`. A quantized layer
+* .param (read and written by utils/ncnn_param.py): one line per layer,
+  `type name n_bottoms n_tops bottoms... tops... key=value ...`. A quantized layer
   gets key 8 (`int8_scale_term`): 2 for Convolution and InnerProduct (one weight scale per output channel),
   1 for ConvolutionDepthWise (one weight scale per group).
 * .bin: every layer reads its arrays in a fixed order. An array read with "type 0" starts with a 4-byte tag
@@ -24,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import NcnnModelError
-from utils.runtimes.ncnn_runtime import NCNN_FEATMASK_KEY, NCNN_FEATMASK_NO_SGEMM
+from utils.ncnn_param import ParamLayer, clear_hint, io_blobs, read_param, write_param
 
-PARAM_MAGIC = 7767517
 TAG_FLOAT16 = 0x01306B47
 TAG_INT8 = 0x000D4B38
 TAG_FLOAT32_EXTRA = 0x0002C056   # raw float32 ("raw data with extra scaling" in NCNN's loader)
@@ -42,19 +42,6 @@ WEIGHTLESS_TYPES = {
     'ELU', 'Mish', 'Reduction', 'GELU', 'SELU', 'Threshold', 'Exp', 'Log', 'Power', 'AbsVal', 'Cast', 'Packing',
     'Flip', 'Tile', 'CopyTo', 'Erf', 'PixelShuffle', 'Reorg', 'DeepCopy', 'ArgMax', 'Yolov3DetectionOutput',
 }
-
-
-@dataclass
-class ParamLayer:
-    type: str
-    name: str
-    bottoms: list
-    tops: list
-    params: dict            # key (int) -> value text exactly as written (arrays keep their `-233xx` key)
-    line_no: int
-
-    def int_param(self, key: int, default: int) -> int:
-        return int(float(self.params.get(key, default)))
 
 
 @dataclass
@@ -74,58 +61,12 @@ class NcnnModel:
 
     @property
     def input_blob(self) -> str:
-        inputs = [layer.tops[0] for layer in self.layers if layer.type == 'Input']
-        if len(inputs) != 1:
-            raise NcnnModelError(f'{self.param_path}: expected exactly one Input layer, found {len(inputs)}')
-        return inputs[0]
+        return io_blobs(self.layers, self.param_path)[0]
 
     @property
     def output_blobs(self) -> list:
-        """Blobs produced and never consumed, in the order they are produced."""
-        consumed = {b for layer in self.layers for b in layer.bottoms}
-        return [t for layer in self.layers for t in layer.tops if t not in consumed]
-
-
-def read_param(path) -> tuple:
-    """Parse a text .param into (layers, blob_count)."""
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    if not lines or lines[0].strip() != str(PARAM_MAGIC):
-        raise NcnnModelError(f'{path}:1: not an NCNN text .param (first line must be {PARAM_MAGIC})')
-    try:
-        layer_count, blob_count = (int(v) for v in lines[1].split())
-    except (IndexError, ValueError):
-        raise NcnnModelError(f'{path}:2: expected "layer_count blob_count"') from None
-    layers = []
-    for line_no, line in enumerate(lines[2:], start=3):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            n_bottom, n_top = int(fields[2]), int(fields[3])
-            bottoms = fields[4:4 + n_bottom]
-            tops = fields[4 + n_bottom:4 + n_bottom + n_top]
-            params = {}
-            for item in fields[4 + n_bottom + n_top:]:
-                key, value = item.split('=', 1)
-                params[int(key)] = value
-        except (IndexError, ValueError):
-            raise NcnnModelError(f'{path}:{line_no}: cannot parse layer line "{line.strip()}"') from None
-        if len(tops) != n_top:
-            raise NcnnModelError(f'{path}:{line_no}: layer "{fields[1]}" lists fewer blobs than it declares')
-        layers.append(ParamLayer(fields[0], fields[1], bottoms, tops, params, line_no))
-    if len(layers) != layer_count:
-        raise NcnnModelError(f'{path}:2: header says {layer_count} layers, file has {len(layers)}')
-    return layers, blob_count
-
-
-def write_param(path, layers: list, blob_count: int) -> None:
-    out = [str(PARAM_MAGIC), f'{len(layers)} {blob_count}']
-    for layer in layers:
-        fields = [f'{layer.type:<24}', f'{layer.name:<24}', str(len(layer.bottoms)), str(len(layer.tops)),
-                  *layer.bottoms, *layer.tops, *(f'{k}={v}' for k, v in layer.params.items())]
-        out.append(' '.join(fields))
-    Path(path).write_text('\n'.join(out) + '\n')
+        """The model's outputs, in order (utils.ncnn_param.io_blobs)."""
+        return io_blobs(self.layers, self.param_path)[1]
 
 
 def _weight_layout(layer: ParamLayer, where: str) -> list:
@@ -244,8 +185,9 @@ def int8_scale_term(layer_type: str) -> int:
 def fp16_array(array: WeightArray) -> bytes:
     """A tagged ("type 0") weight array stored as float16, as NCNN's loader reads it (converted back to float32
     when loaded, so the layer still computes in fp32, with its weights rounded to fp16).
-    Not the default in utils/int8/quantize.py: with the first and output convs stored so, the C++ app built from NCNN's
-    source and the Python wheel gave boxes up to 2 px apart on the same INT8 model (both exact with float32)."""
+    Not the default in utils/int8/quantize.py: with the first and output convs stored so, the C++ app built from
+    NCNN's source and the Python wheel gave boxes up to 2 px apart on the same INT8 model (both exact with float32).
+    """
     half = array.values.astype(np.float16).tobytes()
     return struct.pack('<I', TAG_FLOAT16) + half + b'\0' * (_align4(len(half)) - len(half))
 
@@ -276,14 +218,11 @@ def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin, fp16_un
             chunks.append(arrays[1].raw if s.bias is None else np.asarray(s.bias, np.float32).tobytes())
         chunks.append(weight_scales.tobytes())
         chunks.append(np.float32(s.input_scale).tobytes())
-        params = dict(layer.params)
-        params[8] = str(int8_scale_term(layer.type))
-        # The export's "no im2col+GEMM" hint (utils/export/ncnn_export.py) speeds up an fp32 stem conv; NCNN's INT8 direct
+        quantized = ParamLayer(layer.type, layer.name, layer.bottoms, layer.tops, dict(layer.params), layer.line_no)
+        quantized.params[8] = str(int8_scale_term(layer.type))
+        # The export's "no im2col + GEMM" hint (utils/ncnn_param.py) speeds up an fp32 stem conv; NCNN's INT8 direct
         # kernel is the slower one (measured 5.10 vs 4.61 ms at 1 thread), so a quantized layer drops it.
-        mask = int(params.get(NCNN_FEATMASK_KEY, 0)) & ~NCNN_FEATMASK_NO_SGEMM
-        params.pop(NCNN_FEATMASK_KEY, None)
-        if mask:
-            params[NCNN_FEATMASK_KEY] = str(mask)
-        out_layers.append(ParamLayer(layer.type, layer.name, layer.bottoms, layer.tops, params, layer.line_no))
+        clear_hint(quantized)
+        out_layers.append(quantized)
     write_param(out_param, out_layers, model.blob_count)
     Path(out_bin).write_bytes(b''.join(chunks))

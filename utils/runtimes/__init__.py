@@ -5,30 +5,46 @@ array per output scale, strides ascending, in the deployment layout of docs/arch
 `.spec` (a model.spec.HeadSpec) saying how to decode those outputs, and `.name` (the backend).
 
     torch   a .pth (released state_dict or our checkpoint) loaded into build_model(cfg), in export mode,
-            BatchNorm folded into the convolutions
-    onnx    a .onnx file run by onnxruntime (CPU)
-    opencv  a .onnx file run by OpenCV DNN
-    ncnn    a .param file (with .bin and the sidecar .json beside it) run by utils/runtimes/ncnn_runtime.py
+            BatchNorm folded into the convolutions               utils/runtimes/torch_runtime.py
+    onnx    a .onnx file run by onnxruntime (CPU)                utils/runtimes/onnx_runtime.py
+    opencv  a .onnx file run by OpenCV DNN                       utils/runtimes/onnx_runtime.py
+    ncnn    a .param file (with .bin and the sidecar .json beside it)   utils/runtimes/ncnn_runtime.py
+
+This module imports no backend library (nor torch): a script can pick a backend and check its file first, and
+only the chosen backend's library is loaded.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from model.build import make_spec
-from utils.runtimes.backends import OnnxRuntime, OpenCVRuntime, TorchRuntime, fuse_conv_bn
+from utils.errors import ConfigError
+from utils.runtimes.sidecar import check_sidecar
+
+__all__ = ['BACKENDS', 'backend_for', 'check_sidecar', 'load_runtime']
 
 BACKENDS = ('torch', 'onnx', 'opencv', 'ncnn')
+# The file each exported-model backend reads; the torch backend reads any other file (a .pth or .pt).
+EXPORT_SUFFIXES = {'onnx': '.onnx', 'opencv': '.onnx', 'ncnn': '.param'}
 
 
-def check_sidecar(param_path: Path, sidecar: dict, spec) -> None:
-    """The NCNN sidecar records what the model was exported with; it must agree with the .data file."""
-    wanted = {'input_width': spec.input_width, 'input_height': spec.input_height, 'num_classes': spec.num_classes,
-              'head': spec.kind, 'strides': list(spec.strides)}
-    for key, value in wanted.items():
-        if key in sidecar and sidecar[key] != value:
-            raise ValueError(f'{Path(param_path).with_suffix(".json")}: "{key}" is {sidecar[key]} but the .data '
-                             f'file gives {value}: was this model exported from another .data file?')
+def backend_for(weights_path) -> str:
+    """The backend that reads `weights_path`, by its suffix: .param -> ncnn, .onnx -> onnx, anything else torch."""
+    suffix = Path(weights_path).suffix.lower()
+    return {'.param': 'ncnn', '.onnx': 'onnx'}.get(suffix, 'torch')
+
+
+def check_weights_suffix(backend: str, weights: Path) -> None:
+    """`weights` must be the kind of file `backend` reads: one line naming the file, the backend and the fix."""
+    suffix = weights.suffix.lower()
+    expected = EXPORT_SUFFIXES.get(backend)
+    if expected is not None and suffix != expected:
+        raise ConfigError(f'{weights}: the {backend} backend reads a {expected} file (made by pytorch2onnx.py), '
+                          f'not {suffix or "a file without extension"}; the {backend_for(weights)} backend '
+                          f'reads this one')
+    if expected is None and suffix in EXPORT_SUFFIXES.values():
+        raise ConfigError(f'{weights}: the {backend} backend reads a .pth checkpoint, not a {suffix} export; '
+                          f'the {backend_for(weights)} backend reads this one')
 
 
 def load_runtime(backend: str, cfg, weights, num_threads: int = 0):
@@ -36,25 +52,25 @@ def load_runtime(backend: str, cfg, weights, num_threads: int = 0):
     `num_threads` applies to onnx and ncnn (0: the library's default; torch threads are set by the caller)."""
     weights = Path(weights)
     if backend not in BACKENDS:
-        raise ValueError(f'unknown backend "{backend}"; choose one of {", ".join(BACKENDS)}')
+        raise ConfigError(f'unknown backend "{backend}"; choose one of {", ".join(BACKENDS)}')
     if not weights.is_file():
         raise FileNotFoundError(f'{weights}: weights file not found')
-    expected_suffix = {'onnx': '.onnx', 'opencv': '.onnx', 'ncnn': '.param'}.get(backend)
-    if expected_suffix and weights.suffix != expected_suffix:
-        raise ValueError(f'{weights}: the {backend} backend reads a {expected_suffix} file '
-                         f'(made by pytorch2onnx.py), not {weights.suffix or "a file without extension"}')
+    check_weights_suffix(backend, weights)
+    from model.build import build_model, make_spec
     if backend == 'torch':
-        from model.build import build_model
         from model.weights import load_weights
+        from utils.runtimes.torch_runtime import TorchRuntime, fuse_conv_bn
         model = build_model(cfg, log=lambda *_: None)
         load_weights(model, weights, strict=True)
         return TorchRuntime(fuse_conv_bn(model.eval()))
     spec = make_spec(cfg)
     if backend == 'onnx':
+        from utils.runtimes.onnx_runtime import OnnxRuntime
         return OnnxRuntime(weights, spec, num_threads)
     if backend == 'opencv':
+        from utils.runtimes.onnx_runtime import OpenCVRuntime
         return OpenCVRuntime(weights, spec)
-    from utils.runtimes.ncnn_runtime import NcnnRuntime  # the ncnn package is only needed for this backend
+    from utils.runtimes.ncnn_runtime import NcnnRuntime
     runtime = NcnnRuntime(weights, num_threads=num_threads or os.cpu_count() or 1)
     check_sidecar(weights, runtime.sidecar, spec)
     runtime.spec, runtime.name = spec, 'ncnn'

@@ -1,56 +1,35 @@
 """Run an exported NCNN model (.param/.bin plus the sidecar .json) from Python, like every other backend.
 
 A runtime is called on a float32 NCHW BGR 0..1 batch and returns one NHWC numpy array per output scale, in
-stride order: the deployment layout of docs/architecture.md. The blob names come from the sidecar `X.json` that
-utils/export/ncnn_export.py writes beside `X.param`, so a model whose blobs are named differently still runs.
+stride order: the deployment layout of docs/architecture.md. The blob names come from the sidecar `X.json`
+(utils/runtimes/sidecar.py) beside `X.param`, so a model whose blobs are named differently still runs.
 
 NCNN works on one image at a time and drops the batch axis: an NHWC output (1, H, W, C) comes back as a Mat with
 c=H, h=W, w=C, which numpy sees as (H, W, C). We stack the images back into (N, H, W, C).
 
-Layer hints: utils/export/ncnn_export.py marks the stem convolution "no im2col + GEMM" (NCNN's per-layer feature mask, key 31,
-bit 5), which makes it run NCNN's direct kernel: faster on one thread, but that kernel uses one thread only, while
-the GEMM path it replaces splits across threads. So with num_threads > 1 the runtime loads the .param with that bit
-cleared (`single_thread_hints_cleared`); outputs are the same either way.
+Layer hint: the export marks the stem convolution "no im2col + GEMM" (utils/ncnn_param.py), which runs NCNN's
+direct kernel: faster on one thread, but that kernel uses one thread only, while the GEMM path it replaces splits
+across threads. So with num_threads > 1 the runtime loads the .param with the hint cleared; outputs are the same
+either way.
 """
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import ncnn
 import numpy as np
 
-NCNN_FEATMASK_KEY = 31           # a layer's own feature mask in NCNN's .param (read by Net::load_param)
-NCNN_FEATMASK_NO_SGEMM = 1 << 5   # bit 5 of it: use_sgemm_convolution off for that layer (NCNN's get_masked_option)
+from utils.errors import NcnnModelError
+from utils.ncnn_param import clear_hint, param_text, read_param
+from utils.runtimes.sidecar import read_sidecar, sidecar_path
 
 
-def single_thread_hints_cleared(param_text: str) -> str:
-    """The .param text with bit 5 of every layer's feature mask cleared (a mask left at 0 is dropped)."""
-    def clear(match):
-        mask = int(match.group(1)) & ~NCNN_FEATMASK_NO_SGEMM
-        return f' {NCNN_FEATMASK_KEY}={mask}' if mask else ''
-    return re.sub(rf' {NCNN_FEATMASK_KEY}=(-?\d+)(?=\s|$)', clear, param_text)
-
-
-def sidecar_path(param_path) -> Path:
-    """The sidecar JSON beside a .param: `X.param` -> `X.json`."""
-    return Path(param_path).with_suffix('.json')
-
-
-def read_sidecar(param_path) -> dict:
-    path = sidecar_path(param_path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: sidecar JSON not found beside {param_path} '
-                                f'(pytorch2onnx.py writes it; it names the input and output blobs)')
-    try:
-        sidecar = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f'{path}:{error.lineno}: not valid JSON: {error.msg}') from None
-    for key in ('input_blob', 'output_blobs'):
-        if key not in sidecar:
-            raise ValueError(f'{path}: key "{key}" is missing')
-    return sidecar
+def param_text_without_hints(param_path) -> str:
+    """The .param at `param_path` with the no-GEMM hint cleared on every layer."""
+    layers, blob_count = read_param(param_path)
+    for layer in layers:
+        clear_hint(layer)
+    return param_text(layers, blob_count)
 
 
 class NcnnRuntime:
@@ -81,18 +60,18 @@ class NcnnRuntime:
         self.net.opt.use_fp16_arithmetic = fp16
         # load_param/load_model return non-zero on failure instead of raising.
         if num_threads > 1:
-            status = self.net.load_param_mem(single_thread_hints_cleared(param_path.read_text()))
+            status = self.net.load_param_mem(param_text_without_hints(param_path))
         else:
             status = self.net.load_param(str(param_path))
         if status != 0:
-            raise ValueError(f'{param_path}: NCNN could not parse this .param file')
+            raise NcnnModelError(f'{param_path}: NCNN could not parse this .param file')
         if self.net.load_model(str(bin_path)) != 0:
-            raise ValueError(f'{bin_path}: NCNN could not read the weights (does it match {param_path.name}?)')
+            raise NcnnModelError(f'{bin_path}: NCNN could not read the weights (does it match {param_path.name}?)')
         blob_names = {blob.name for blob in self.net.blobs()}
         missing = [name for name in [self.input_blob] + self.output_blobs if name not in blob_names]
         if missing:
             source = 'the blobs argument' if self.sidecar is None else str(sidecar_path(param_path))
-            raise ValueError(f'{source}: blobs {missing} are not in {param_path}')
+            raise NcnnModelError(f'{source}: blobs {missing} are not in {param_path}')
 
     def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
         batch_nchw = np.asarray(batch_nchw)

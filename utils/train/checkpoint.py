@@ -1,61 +1,73 @@
-"""Training checkpoints that survive a crash: written to a temporary file, then renamed over the old one.
+"""Training checkpoints: written whole or not at all (utils/train/files.py), read without running code.
 
-`os.replace` is atomic on POSIX and Windows, so at every instant the path holds either the previous complete
-checkpoint or the new complete one, never half a file, even if the process is killed mid-write.
+What the trainer writes (utils/train/trainer.py, `save_checkpoint`), all of it plain Python values, tensors and
+numpy arrays:
+    model          the model's state_dict
+    ema            the EMA model's state_dict (when the .data has ema on); model/weights.py prefers it
+    epoch          the epoch to continue at (0-based: the number of epochs done when batches_done is 0)
+    batches_done   mini-batches of that epoch already trained (non-zero after a stop signal mid-epoch)
+    best_map50_95, best_epoch   the best mAP@0.5:0.95 of the EMA model so far and its 0-based epoch (-1: none yet)
+    spec           the model's head spec (model/spec.py HeadSpec.to_dict)
+    data           the .data file's path
+    overrides      {'epochs', 'batch_size'}: what `--resume` passes to load_config to continue the same schedule
+    config         every config field as a string, a record of the run
+    date           when it was written, 'YYYY-mm-dd HH:MM:SS'
+last.pt holds these too, to resume (best.pt leaves them out):
+    optimizer, scaler   their state_dicts (SGD momentum; the AMP loss scale)
+    schedule       {'optimizer_steps', 'world' (DDP processes), 'bias_lr_factor'}
+    ema_updates    the EMA's update count (its decay ramps up with it)
+    rng            {'python', 'numpy', 'torch', and 'cuda' where there is CUDA}: the random states (`rng_states`)
 
-A checkpoint is a dict (see utils/train/trainer.py for the keys): model, ema, optimizer, scheduler, epoch, best score,
-the config and the random states. model/weights.load_weights reads the same dict (preferring 'ema').
+Reading uses torch.load(weights_only=True): a checkpoint from elsewhere cannot run code on `--resume`. Numpy arrays
+are the one kind of object let through besides tensors and plain values (numpy's random state holds one).
 """
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import random
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def save_atomic(obj, path) -> None:
-    """torch.save to `path` without ever leaving a partial file there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())   # the bytes are on disk before the rename makes them visible
-        os.chmod(temp, 0o666 & ~_umask())   # mkstemp makes the file private; give it normal permissions
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+from model.weights import NUMPY_ARRAY_GLOBALS
+from utils.errors import CheckpointError
+from utils.train.files import write_atomic
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def save_atomic(checkpoint: dict, path) -> None:
+    """torch.save `checkpoint` to `path` without ever leaving a partial file there (CheckpointError if it fails).
+    Serialised in memory first: the write then knows the bytes it needs, and a full disk fails in a plain write."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path, map_location='cpu') -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: checkpoint not found')
+        raise CheckpointError(f'{path}: checkpoint not found')
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f'{path}: not a readable checkpoint ({type(error).__name__}: {error})') from None
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:   # what weights_only raises for anything it may not build
+        found = re.search(r'GLOBAL ([\w.]+)', str(error))
+        raise CheckpointError(f'{path}: holds objects other than tensors and arrays'
+                              + (f' ({found[1]})' if found else '')
+                              + ': loading it would run code, so it is refused') from None
+    except Exception as error:   # torch raises several types for a truncated or foreign file
+        raise CheckpointError(f'{path}: not a readable checkpoint ({type(error).__name__}: {error})') from None
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
-        raise ValueError(f'{path}: not a training checkpoint of this trainer (no "model" entry)')
+        raise CheckpointError(f'{path}: not a training checkpoint of this trainer (no "model" entry)')
     return checkpoint
 
 
 def rng_states() -> dict:
-    states = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """The random states a resumed run must continue from, as plain values, tensors and one numpy array."""
+    states = {'python': random.getstate(), 'numpy': np.random.get_state(legacy=False),
+              'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         states['cuda'] = torch.cuda.get_rng_state_all()
     return states

@@ -16,9 +16,9 @@ class ModelEMA:
     DECAY = 0.9999
     RAMP_UPDATES = 2000
 
-    def __init__(self, model: torch.nn.Module, updates: int = 0):
+    def __init__(self, model: torch.nn.Module):
         self.model = copy.deepcopy(_unwrap(model)).eval()
-        self.updates = updates
+        self.updates = 0   # a resumed run sets the count it had (checkpoint 'ema_updates')
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -35,13 +35,6 @@ class ModelEMA:
                 averaged.mul_(d).add_(current[name].detach(), alpha=1 - d)
             else:
                 averaged.copy_(current[name])
-
-    def state_dict(self) -> dict:
-        return {'model': self.model.state_dict(), 'updates': self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state['model'])
-        self.updates = state['updates']
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

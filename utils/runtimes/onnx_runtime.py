@@ -1,40 +1,11 @@
-"""The torch, onnxruntime and OpenCV DNN runtimes (the NCNN one is utils/runtimes/ncnn_runtime.py)."""
+"""The two runtimes of an exported .onnx: onnxruntime (CPU) and OpenCV DNN."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-
-class TorchRuntime:
-    """A Detector in export mode. The model's train/export flags are restored after each call, so the trainer can
-    hand in its live EMA model."""
-    name = 'torch'
-
-    def __init__(self, model: torch.nn.Module):
-        model = getattr(model, 'module', model)   # unwrap DataParallel / DistributedDataParallel
-        self.model = model
-        self.spec = model.spec
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
-
-    @torch.no_grad()
-    def __call__(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
-        was_training, was_export = self.model.training, self.model.export
-        self.model.eval()
-        self.model.export = True
-        try:
-            # channels-last input makes PyTorch's CPU depthwise convolutions about twice as fast (measured with
-            # Yolo-FastestV2, bench/eval_speed.py); the model's own tensors are left as they are
-            batch = torch.as_tensor(batch_nchw, device=self.device, dtype=self.dtype).contiguous(
-                memory_format=torch.channels_last)
-            outputs = self.model(batch)
-        finally:
-            self.model.train(was_training)
-            self.model.export = was_export
-        return [output.float().cpu().numpy() for output in outputs]
+from utils.errors import ConfigError
 
 
 class OnnxRuntime:
@@ -82,27 +53,6 @@ class OpenCVRuntime:
         return stack_per_image(per_image)
 
 
-@torch.no_grad()
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold each BatchNorm2d that directly follows a Conv2d in an nn.Sequential into that conv, in place.
-    For inference only (the folded model cannot train its BatchNorm any more): about a quarter less CPU time."""
-    for sequence in model.modules():
-        if not isinstance(sequence, nn.Sequential):
-            continue
-        for i in range(len(sequence) - 1):
-            conv, bn = sequence[i], sequence[i + 1]
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)) or bn.running_var is None:
-                continue
-            gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var)
-            scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1))
-            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + beta)
-            sequence[i + 1] = nn.Identity()
-    return model
-
-
 def stack_per_image(per_image: list) -> list[np.ndarray]:
     """[[scale outputs of image 0], [.. image 1], ...] (each with a batch axis of 1) -> per scale (N, H, W, C)."""
     return [np.concatenate([outputs[scale] for outputs in per_image]) for scale in range(len(per_image[0]))]
@@ -111,8 +61,8 @@ def stack_per_image(per_image: list) -> list[np.ndarray]:
 def check_input_shape(path, dims: list, spec) -> None:
     """An exported graph has a fixed input size: it must be the .data file's width x height."""
     if len(dims) != 4:
-        raise ValueError(f'{path}: expected one NCHW input, got input dims {dims}')
+        raise ConfigError(f'{path}: expected one NCHW input, got input dims {dims}')
     height, width = dims[2], dims[3]
     if isinstance(height, int) and isinstance(width, int) and (width, height) != (spec.input_width, spec.input_height):
-        raise ValueError(f'{path}: exported for a {width}x{height} input, but the .data file says width = '
+        raise ConfigError(f'{path}: exported for a {width}x{height} input, but the .data file says width = '
                          f'{spec.input_width}, height = {spec.input_height}')
