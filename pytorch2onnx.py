@@ -45,10 +45,10 @@ def parse_args(argv=None):
                              "'minmax'")
     parser.add_argument('--int8-all', action='store_true',
                         help='quantize every conv layer (default: depthwise, first and output convs stay fp32; '
-                             'all-INT8 is ~28%% of fp32 instead of 37-39%%, but lost detections on LeYOLO-Nano)')
+                             'all-INT8 is smaller, but loses detections on LeYOLO-Nano: docs/benchmarks.md, INT8)')
     parser.add_argument('--fp16-kept', action='store_true',
-                        help='with --int8: store the weights of the layers left fp32 as float16 (LeYOLO-Nano 37%% -> '
-                             '30%% of fp32; the C++ app then differed from the Python runtime by up to 2 px)')
+                        help='with --int8: store the weights of the layers left fp32 as float16 (a smaller .bin, but '
+                             'the C++ app\'s boxes then differ slightly from the Python runtime\'s)')
     return parser.parse_args(argv)
 
 

@@ -6,8 +6,8 @@
 Each figure is the wall time of a whole `evaluation.py` process (start-up, model load, reading and resizing the
 images, inference, decode + NMS, pycocotools with all 12 COCO numbers and the per-class table), best of --repeat.
 Compared against:
-* the reference Yolo-FastestV2 evaluation: 15.8 s wall on the same 128 images, mAP@0.5 only. This is a RECORDED
-  baseline (measured once elsewhere, not in this run), so its ratio is indicative; the target is under half.
+* the reference Yolo-FastestV2 evaluation's wall time on the same 128 images, mAP@0.5 only (REFERENCE_SECONDS).
+  This is a RECORDED baseline (not measured in this run), so its ratio is indicative; the target is under half.
 * a naive loop measured in this run: the same evaluation.py, one image per forward pass, images read in the main
   process (--batch-size 1 --workers 0).
 """

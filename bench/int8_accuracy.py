@@ -9,7 +9,7 @@ project's own export (utils/export, pnnx fp16=0), or takes --fp32-param; calibra
 images spread over it) with utils/int8/quantize.py; then runs both NCNN models over coco128 val2017 with the same
 pre-processing, decode and NMS (utils/postprocess.py) and scores them with pycocotools. The baseline is
 the fp32 NCNN model measured in the same run.
-Targets (issue 10): INT8 mAP@0.5 within 1.5 points of fp32, INT8 .bin at most 40% of fp32, and never an empty
+Targets: INT8 mAP@0.5 within 1.5 points of fp32, INT8 .bin at most 40% of fp32, and never an empty
 result. "Empty result": an image on which fp32 has at least one detection at test.py's threshold (--conf 0.3,
 NMS IoU 0.4, also the conf_thresh the C++ app reads from the sidecar) and INT8 has none at that same threshold.
 That is the threshold a user's boxes appear at; at the evaluation's threshold (0.001, for mAP) every model

@@ -16,7 +16,8 @@ Fairness on a shared machine: every round calls each backend once, in an order t
 (each backend follows every other equally often), because a backend timed right after PyTorch or onnxruntime
 starts with caches they filled, and one timed right after another NCNN model finds NCNN's code and the input warm.
 A fixed rotation biases the ratio: with our NCNN model after onnxruntime every round and the reference after ours
-in 3 of 4, an A/A test (`--same-model-twice`: our model in both slots) reads 1.02-1.07 for two copies of one model.
+in 3 of 4, an A/A test (`--same-model-twice`: our model in both slots) reads clearly above 1 for two copies of one
+model.
 `--cpu-time` times with the calling thread's CPU clock (time.thread_time), which leaves out the time the OS gave
 other processes; only meaningful at 1 thread, where every backend computes in the calling thread.
 The load average is printed before and after each model; ratios from different runs are not comparable.

@@ -10,9 +10,8 @@ Protocols (utils/evaluator/evaluator.py), all pycocotools, conf 0.001, NMS IoU 0
 The reference (the fork's own figures, Ultralytics' val): square 0.3288 / 0.4519 at 320 (the fork's model and NMS);
 Ultralytics' val 0.341 / 0.468 at 320 and 0.407 / 0.558 at 640 (mAP@0.5:0.95 / mAP@0.5, pycocotools).
 PASS when rect-ml is within 0.005 of Ultralytics' val at every side measured. Exit 0 PASS, 1 FAIL, 2 without ../shared.
-Measured (1 thread, about 6 minutes on the loaded machine): 320 square 0.3288 / 0.4519, square-ml 0.3401 / 0.4680,
-rect-ml 0.3421 / 0.4673; 640 square 0.3872 / 0.5304, square-ml 0.4004 / 0.5485, rect-ml 0.4065 / 0.5578 (PASS).
-Multi-label NMS is most of the gap at 320; at 640 the rectangular batches matter as well.
+Multi-label NMS is most of the gap between the protocols at 320; at 640 the rectangular batches matter as well
+(the figures: docs/benchmarks.md, "Evaluation").
 """
 from __future__ import annotations
 

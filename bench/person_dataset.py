@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/person_dataset.py --out /tmp/person200 [--side 352]
 
-The training-quality comparison of issue 6 needs "a small real dataset, one class": this is it, made the same way
-every time. coco128 holds 256 images (128 of COCO train2017, 128 of val2017); 134 of them show a person.
+The training-quality comparison (bench/vs_reference.py) needs "a small real dataset, one class": this is it, made
+the same way every time. coco128 holds 256 images (128 of COCO train2017, 128 of val2017); 134 of them show a person.
     val   = 40 of the 73 val2017 images with a person (seeded choice), every COCO box but people's dropped: 210 people
     train = the other 94 images with a person, from both halves, plus 66 images without one (backgrounds, as real
             one-class datasets have), 160 in all: 394 people

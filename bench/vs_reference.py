@@ -5,7 +5,7 @@
     .venv/bin/python bench/vs_reference.py --only reference      # one side only (the other is skipped, said so)
     .venv/bin/python bench/vs_reference.py --reuse               # score finished (or unfinished) runs under --out
 
-Issue 6: from the ImageNet backbone only, yolo-fastestv2 trained on a small real dataset must clearly beat the
+The bar: from the ImageNet backbone only, yolo-fastestv2 trained on a small real dataset must clearly beat the
 reference trainer run with the same .data, epochs and init. The reference is public code we only run, never ship:
 a copy of dog-qiuqiu/Yolo-FastestV2 (decoupled-head version) assembled outside the repo, by default in
 /tmp/yfv2ref (train.py, utils/, model/, model/backbone/backbone.pth = the ImageNet ShuffleNetV2-0.5x weights). With
@@ -23,10 +23,7 @@ Both final models are scored by utils.evaluator.evaluate (pycocotools, the val s
 The reference's checkpoints (every 10th epoch, plus the final one with local edit 5) give its mAP curve; ours
 comes from its results.csv. Verdict: PASS when ours / reference >= --min-ratio for mAP@0.5 and mAP@0.5:0.95.
 Exit status 0 PASS, 1 FAIL, 2 nothing to compare (a side skipped or missing).
-Measured, reference side, /tmp/person200, 100 epochs, batch 32, 2 threads (OMP_NUM_THREADS=2, its 2 loader workers):
-mAP@0.5 0.104, mAP@0.5:0.95 0.027 (its own AP printout at epoch 91: 0.104). Curve of mAP@0.5 after 11, 21, ... 91,
-100 epochs: 0.035 0.091 0.101 0.092 0.106 0.101 0.108 0.108 0.106 0.104 (flat from epoch ~31). 6.3 s per epoch
-(25 images/s) on the quiet machine; 4170 s wall on the shared one (epochs 5 to 136 s).
+The figures: docs/benchmarks.md, "Training quality against the reference trainer".
 """
 from __future__ import annotations
 
@@ -52,7 +49,7 @@ DEFAULT_DATASET = Path('/tmp/person200')
 # The keys Yolo-FastestV2's utils/utils.py load_datafile() reads; it ignores (prints) any other.
 REFERENCE_KEYS = ('model_name', 'epochs', 'steps', 'batch_size', 'subdivisions', 'learning_rate', 'pre_weights',
                   'classes', 'width', 'height', 'anchor_num', 'anchors', 'val', 'train', 'names')
-REFERENCE_FILES = ('train.py', 'utils/loss/anchor.py', 'utils/datasets.py', 'utils/utils.py', 'model/detector.py',
+REFERENCE_FILES = ('train.py', 'utils/loss.py', 'utils/datasets.py', 'utils/utils.py', 'model/detector.py',
                    'model/fpn.py', 'model/backbone/shufflenetv2.py', 'model/backbone/backbone.pth')
 PERIODIC_CKPT = re.compile(r'-(\d+)-epoch-[0-9.]+ap-model\.pth$')     # the reference's own naming
 FINAL_CKPT = re.compile(r'-final-epoch-(\d+)-model\.pth$')             # local edit 5 in our copy

@@ -118,8 +118,8 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.training:
             # ReLU and max-pool commute (both monotone), so training pools first and leaves the ReLU and its
-            # backward 4x fewer values: at full resolution they took a tenth of a training step. Inference keeps
-            # the released order, in which NCNN fuses the ReLU into the convolution.
+            # backward 4x fewer values: at full resolution they are a sizeable part of a training step. Inference
+            # keeps the released order, in which NCNN fuses the ReLU into the convolution.
             conv, bn, relu = self.first_conv
             x = relu(self.maxpool(bn(conv(x))))
         else:

@@ -114,7 +114,7 @@ def test_no_detections_gives_zeros_not_a_crash(tmp_path):
 
 @pytest.fixture
 def one_thread():
-    # the machine is shared: two busy-waiting threads per process make inference ~10x slower, not faster
+    # the machine is shared: busy-waiting threads in every process make inference slower, not faster
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -295,7 +295,6 @@ LEYOLO_VARIANTS = [  # (model, head, released weights or None); 320x320 keeps th
 @pytest.mark.parametrize('model_name, head, weights', LEYOLO_VARIANTS,
                          ids=[f'{m}-{h}' for m, h, _ in LEYOLO_VARIANTS])
 def test_leyolo_variants_export_to_every_backend(tmp_path, model_name, head, weights):
-    pytest.importorskip('model.leyolo', reason='model/leyolo.py (LeYOLO helper) has not landed')
     extra = f'head={head}\n' + (f'pre_weights={shared_path(weights)}\n' if weights else '')
     cfg = load_config(write_data_file(tmp_path, model=model_name, width=320, height=320, extra=extra))
     torch.manual_seed(0)

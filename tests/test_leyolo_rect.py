@@ -166,7 +166,7 @@ def test_rect_boxes_agree_with_square_letterbox_boxes(nano_runtime):
 def test_evaluation_py_rect_multi_label_reproduces_ultralytics_val_at_320(tmp_path, capsys):
     """Ultralytics' val (rect batches of 32, pad 0.5, multi-label NMS, conf 0.001, IoU 0.7) gives 0.341 / 0.468 on
     coco128 val2017 at 320 (0.3409 / 0.4677 through pycocotools). Through evaluation.py as a user
-    runs it (--rect takes batch 32 by default). Measured: 0.3421 / 0.4673."""
+    runs it (--rect takes batch 32 by default)."""
     import evaluation
     data = write_data(tmp_path, 320)
     threads = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""The LeYOLO loss: DFL by hand, no-box batches, and optimisation of raw head maps until the eval helper's own
+"""The LeYOLO loss: DFL by hand, no-box batches, and optimisation of raw head maps until the evaluation's own
 decode (utils/postprocess.py, written separately from this loss) finds the target boxes with the right classes."""
 import math
 

@@ -17,12 +17,12 @@ instruction set, and INT8 turns a one-step rounding difference early in the net 
 size (both sides skip resizing and see the same pixels), and:
 - an all-INT8 model (every conv INT8: integer arithmetic, exact in any build) run by the app built with the
   kernels the Python wheel uses (NCNN_HOST_DISPATCH=1: AVX2/AVX-512 dispatch) must give the Python detections
-  within the fp32 tolerances above (measured: equal to the printed precision);
+  within the fp32 tolerances above;
 - the default INT8 models are mixed precision (depthwise, first and output convs fp32). Their fp32 layers are
   compiled differently in the wheel and in our source build, and a last-bit fp32 difference flips INT8 roundings
-  downstream: measured with the wheel's kernels, 1.2 px and 0.005 apart (LeYOLO-Nano, bus). They, like the quick
-  SSE2-only host build and the aarch64 build (other INT8 kernels), are held to the INT8_* tolerances, set from
-  what was measured between x86 (wheel), x86 SSE2 and Cortex-A53 kernels.
+  downstream, even with the wheel's kernels. They, like the quick SSE2-only host build and the aarch64 build
+  (other INT8 kernels), are held to the INT8_* tolerances. The differences found: docs/benchmarks.md, "The C++
+  app".
 """
 import json
 import os
@@ -51,11 +51,10 @@ BUILD_SCRIPT = REPO / 'sample' / 'ncnn' / 'build.sh'
 QEMU_A53 = ['qemu-aarch64', '-cpu', 'cortex-a53', '-L', '/usr/aarch64-linux-gnu']
 BOX_TOLERANCE_PX = 1.0       # original-image pixels
 SCORE_TOLERANCE = 0.01
-# INT8 on other instruction sets than the wheel's (see the docstring), in network-input pixels. Measured worst
-# over 7 images x 2 models, SSE2 and Cortex-A53 against the wheel, ties counted within the score tolerance:
-# box 11.9 px (LeYOLO-Nano, a 215 px wide person on A53), score 0.062. Against it, INT8 models written with every
-# activation scale doubled give 20+ failing detections per model (boxes off by 22 / 141 px, scores by 0.55 / 0.47).
-# This loose check cannot tell Yolo-FastestV2 INT8 from fp32 (8.1 px, 0.097 apart); the strict test above can.
+# INT8 on other instruction sets than the wheel's (see the docstring), in network-input pixels: above the worst
+# difference between SSE2, Cortex-A53 and the wheel's kernels on ../shared/images (ties counted within the score
+# tolerance), while INT8 models written with every activation scale doubled fail it on many detections per model.
+# This loose check cannot tell Yolo-FastestV2 INT8 from fp32; the strict test above can.
 INT8_BOX_TOLERANCE_PX = 16.0
 INT8_SCORE_TOLERANCE = 0.1
 CALIBRATION_IMAGES = 8       # enough for a working INT8 model; calibration time grows with it
@@ -85,14 +84,15 @@ def arm64_cli():
 @pytest.fixture(scope='module')
 def host_dispatch_cli():
     """The host app on NCNN with runtime CPU dispatch: the same INT8 kernels as the Python wheel on this CPU
-    (about 9 min to build the first time, cached after). That first build would take half the suite's budget, so
-    it happens only when asked (TINYDET_BUILD_DISPATCH=1) or when it is already cached."""
+    (a long build the first time, cached after; docs/benchmarks.md, "The C++ app"). That first build would take a
+    large share of the suite's time budget, so it happens only when asked (TINYDET_BUILD_DISPATCH=1) or when it is
+    already cached."""
     version = re.search(r'NCNN_VERSION:-([0-9.]+)', BUILD_SCRIPT.read_text()).group(1)
     cache = Path(os.environ.get('TINYDET_CACHE', Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
                                 / 'tinydet'))
     if not (cache / f'ncnn-{version}-host-dispatch' / 'install').exists() and \
             os.environ.get('TINYDET_BUILD_DISPATCH') != '1':
-        pytest.skip('NCNN with runtime CPU dispatch is not built yet (about 9 min): run '
+        pytest.skip('NCNN with runtime CPU dispatch is not built yet (a long build): run '
                     'TINYDET_BUILD_DISPATCH=1 make test, or NCNN_HOST_DISPATCH=1 sample/ncnn/build.sh host, once')
     return [build('host', env={'NCNN_HOST_DISPATCH': '1'})]
 
@@ -148,7 +148,7 @@ def models(tmp_path_factory):
 def int8_models(models):
     """INT8 versions of the two exports, written by utils/int8/quantize.py the way `pytorch2onnx.py --int8` does (mixed
     precision, '-int8'), and with every conv INT8 ('-int8all'), calibrated on CALIBRATION_IMAGES coco128 train
-    images (about 40 s for all four)."""
+    images."""
     int8 = {}
     for name in ('yfv2-export', 'leyolo-nano-export'):
         param = models[name]

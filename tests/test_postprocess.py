@@ -33,7 +33,7 @@ def reference_decode(raw_per_scale, anchors, input_width, input_height):
 
 
 def deployment_layout(raw_per_scale):
-    """The contract's export layout from raw logits: NHWC [sigmoid(reg), sigmoid(obj), softmax(cls)]."""
+    """The deployment layout (docs/architecture.md) from raw logits: NHWC [sigmoid(reg), sigmoid(obj), softmax(cls)]."""
     return [torch.cat((reg.sigmoid(), obj.sigmoid(), cls.softmax(1)), 1).permute(0, 2, 3, 1)
             for reg, obj, cls in raw_per_scale]
 

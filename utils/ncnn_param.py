@@ -15,7 +15,7 @@ The hint: NCNN reads a per-layer feature mask from key 31 of a layer's line; bit
 with over 16 input or output channels, also for the stem that reads the 3-channel image, where the im2col matrix
 has only 27 rows but 176x176 columns (3.3 MB at 352x352, more than L2). With the bit set the stem runs NCNN's
 direct packed kernel instead: the outputs stay bit-identical (tests/test_export.py) and the whole Yolo-FastestV2
-network at 352x352 on 1 thread runs 5-8 % faster (bench/latency.py, figures in docs/benchmarks.md). Other
+network at 352x352 on 1 thread runs faster (bench/latency.py; docs/benchmarks.md, "CPU latency"). Other
 convolutions of our models are 1x1 or depthwise, which the bit leaves alone. The direct kernel runs on one thread
 only, while the GEMM path splits across threads, so the NCNN runtime clears the hint when it runs more threads;
 the INT8 writer clears it on the layers it quantizes (NCNN's INT8 direct kernel is the slower one there).

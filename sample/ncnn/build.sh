@@ -12,8 +12,8 @@
 #   NCNN_VERSION   the sdist version to build (default: the version the Python `ncnn` wheel in requirements pins)
 #   TINYDET_CACHE  where the cache lives
 #   JOBS           parallel compile jobs (default 2)
-#   NCNN_HOST_DISPATCH=1  host only: keep NCNN's runtime CPU dispatch (AVX2/AVX512 kernels, ~2.5x faster
-#                  inference, ~9 min build, cached separately) instead of the quick SSE2-only build
+#   NCNN_HOST_DISPATCH=1  host only: keep NCNN's runtime CPU dispatch (AVX2/AVX512 kernels: faster inference,
+#                  a much longer build, cached separately) instead of the quick SSE2-only build
 set -euo pipefail
 
 ARCH="${1:-}"
@@ -102,7 +102,7 @@ if [ "$VARIANT" = host-dispatch ]; then
   arch_flags=()
   app_flags=()
 elif [ "$ARCH" = host ]; then
-  # One code path (SSE2) instead of runtime dispatch over AVX/AVX2/AVX512 variants: ~2 min instead of ~9 min.
+  # One code path (SSE2) instead of runtime dispatch over AVX/AVX2/AVX512 variants: a build several times shorter.
   arch_flags=(-DNCNN_RUNTIME_CPU=OFF -DNCNN_AVX=OFF)
   app_flags=()
 else

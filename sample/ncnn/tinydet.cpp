@@ -176,7 +176,7 @@ ncnn::Mat make_input(const ModelInfo& info, const unsigned char* pixels, int wid
     resize.orig_height = height;
     ncnn::Mat input;
     if (!info.letterbox) {
-        // NCNN's bilinear resize; against cv2.INTER_LINEAR (Python) we measured at most 1 grey level apart.
+        // NCNN's bilinear resize; it may round a pixel one grey level away from cv2.INTER_LINEAR (Python).
         input = ncnn::Mat::from_pixels_resize(pixels, pixel_type, width, height, info.input_width,
                                               info.input_height);
         resize.ratio_x = static_cast<float>(static_cast<double>(info.input_width) / width);

@@ -12,12 +12,12 @@ An image whose label file breaks a rule, or that is missing, not an image or cut
 and reported with `file[:line]` and the rule; `strict_labels = 1` in the .data turns any such problem into a
 `DatasetError`.
 
-Checking images without decoding them: decoding every image would cost about 10 ms each, 15 minutes for COCO's 118k
-images on one core. Instead the check reads a file's first bytes (the signature of a JPEG, PNG, BMP, TIFF, WebP, PNM
-or JPEG 2000 file; a file with another signature is decoded once with OpenCV) and, for JPEG and PNG, its last few
-kilobytes, to catch a file cut short (an interrupted copy or download): OpenCV decodes such a JPEG with grey rows
-where the image stops, and fails on such a PNG. An image that passes the check and still fails to decode raises a
-`DatasetError` naming it when it is read.
+Checking images without decoding them: decoding every image would make the first load of a COCO-sized split (118k
+images) take many minutes. Instead the check reads a file's first bytes (the signature of a JPEG, PNG, BMP, TIFF,
+WebP, PNM or JPEG 2000 file; a file with another signature is decoded once with OpenCV) and, for JPEG and PNG, its
+last few kilobytes, to catch a file cut short (an interrupted copy or download): OpenCV decodes such a JPEG with
+grey rows where the image stops, and fails on such a PNG. An image that passes the check and still fails to decode
+raises a `DatasetError` naming it when it is read.
 
 The results are cached per user, never in the dataset's folders (utils/data/cache.py), so only changed files are
 checked again.
@@ -95,8 +95,8 @@ def list_images(source: Path) -> list:
     return paths
 
 
-# The next two run once per image each time a split opens, so they work on strings: pathlib would triple the time
-# to re-open a 100k-image split from its cache.
+# The next two run once per image each time a split opens, so they work on strings: pathlib objects would make
+# re-opening a large split from its cache several times slower.
 
 def _resolve_listed(text: str, list_folder: str) -> str:
     # Relative paths are relative to the list file; Darknet's own lists are written relative to the folder darknet

@@ -74,7 +74,7 @@ def collate_eval(batch: list):
 def image_sizes(paths: list) -> list[tuple[int, int]]:
     """(width, height) of each image as read_image will return it, from the file header where possible.
 
-    Reading the header (Pillow, which matplotlib brings) costs milliseconds where decoding costs tens. EXIF
+    Reading the header (Pillow, which matplotlib brings) is far cheaper than decoding the image. EXIF
     orientations 5-8 turn the image a quarter, and OpenCV applies them, so those swap width and height.
     """
     try:

@@ -13,7 +13,7 @@ from utils.runtimes.torch_runtime import TorchRuntime
 # Allowed |diff| against PyTorch, relative to max(1, |PyTorch value|): absolute for the probabilities (0..1),
 # relative for LeYOLO's box distances (up to reg_max - 1 = 15 grid cells), whose float32 rounding grows with them.
 # ONNX backends compute the same fp32 graph; NCNN with fp32 weights and arithmetic lands in the same range (pnnx's
-# default fp16 weights would be 4e-3 off, see utils/export/ncnn_convert.py). Measured values: docs/benchmarks.md.
+# default fp16 weights would not, see utils/export/ncnn_convert.py). Measured values: docs/benchmarks.md.
 TOLERANCES = {'onnxruntime': 1e-4, 'opencv': 1e-4, 'ncnn': 1e-4}
 BACKENDS = tuple(TOLERANCES)
 

@@ -1,9 +1,9 @@
 """ONNX -> NCNN (.param/.bin through pnnx, the stem's layer hint) and the sidecar JSON the C++ app reads.
 
-Why fp16=0 for pnnx: pnnx stores weights as fp16 by default, which alone moves the released Yolo-FastestV2's
-outputs by 3.4e-3; fp16=0 keeps the fp32 weights bit-exact, so NCNN matches PyTorch to 3e-6 (5.7e-5 on LeYOLO's
-box distances of up to 15 cells) and the INT8 quantizer starts from the true weights. fp16 weights would not be
-faster either: NCNN widens them to fp32 when it loads them (measured: the same speed within 1.5 %).
+Why fp16=0 for pnnx: pnnx stores weights as fp16 by default, which alone moves the outputs far past the export
+check's tolerance (utils/export/check.py); fp16=0 keeps the fp32 weights bit-exact, so NCNN matches PyTorch to
+float32 rounding and the INT8 quantizer starts from the true weights. fp16 weights would not be faster either:
+NCNN widens them to fp32 when it loads them. The figures: docs/benchmarks.md, "Export agreement".
 
 The stem convolution gets NCNN's per-layer "no im2col + GEMM" hint (`31=32` in the .param): why, and how it is
 set, is in utils/ncnn_param.py.

@@ -125,28 +125,26 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
             'mse'    (default) KL's thresholds refined per layer: among the KL threshold and absmax * 2**(-k/4),
                      the one whose simulated INT8 layer output is closest to fp32 on the first `mse_images`
                      images.
-            Measured with bench/int8_accuracy.py on coco128, everything INT8 (mAP@0.5 change vs fp32 NCNN, 128
-            calibration images): Yolo-FastestV2 352: kl -2.2, minmax -1.0, mse -0.1; LeYOLO-Nano 320
-            letterbox: mse -2.45, 5 images left empty.
+            With every layer INT8, 'mse' keeps Yolo-FastestV2's mAP closest to fp32 of the three; LeYOLO-Nano
+            still loses mAP and detections that way, hence the fp32 layers below (bench/int8_accuracy.py,
+            docs/benchmarks.md).
     bias_correction: ('mse') subtract each layer's mean INT8 error per output channel, measured in the same
                simulation on fp32 inputs, from its bias. Off by default: with the fp32 layers below it lowered
-               scores (coco128 val, detections at 0.3, fp32 401: 389 with it, 404 without on LeYOLO-Nano; 432 vs
-               437 of 441 on Yolo-FastestV2) and left one more image empty. With everything INT8 it helped
-               LeYOLO-Nano's mAP (-2.5 -> -0.5 on 64 images).
+               scores on both models (fewer detections at conf 0.3 on coco128 val) and left more images empty.
+               With everything INT8 it helps LeYOLO-Nano's mAP.
     keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32.
     depthwise_fp32: leave every ConvolutionDepthWise in fp32 (default). NCNN gives a layer one activation scale
                for all its input channels, and a depthwise layer filters each channel alone: channels whose range
                is a small fraction of the blob's get a few INT8 levels, and nothing mixes them with better-resolved
-               channels. Measured on LeYOLO-Nano (one coco128 image, per layer, the INT8 input alone): relative
-               output error 1.7-15% for depthwise layers against 0.4-8% for 1x1 ones; one layer at a time, a
-               depthwise layer was the most harmful one on 4 of the 5 images that came out empty. Compute is
-               small (9 MACs per output value).
+               channels. On LeYOLO-Nano an INT8 input costs a depthwise layer more relative output error than a
+               1x1 one, and depthwise layers are the most harmful ones to quantize on the images INT8 leaves
+               empty. Compute is small (9 MACs per output value).
     ends_fp32: leave the first conv layer and those feeding the outputs (end_layers) in fp32 (default): the
                first sees raw pixels, the last decide scores and boxes directly. Few weights (Yolo-FastestV2:
                14k, LeYOLO-Nano: 32k).
-    fp16_kept: store the weights of the conv/fc layers left fp32 as float16: half their bytes (LeYOLO-Nano 37%
-               -> 30% of fp32), still computed in fp32. Off by default: the C++ app (NCNN built from source)
-               then differed from the Python wheel by up to 2 px on Yolo-FastestV2 (equal with float32 storage).
+    fp16_kept: store the weights of the conv/fc layers left fp32 as float16: half their bytes, still computed
+               in fp32. Off by default: the C++ app (NCNN built from source) then gives boxes a little off the
+               Python wheel's on Yolo-FastestV2 (the two agree with float32 storage).
     A sidecar `X.json` beside `param_path` (utils/export/ncnn_convert.py) is copied beside `out_param`.
     Raises ValueError when no calibration image can be read, or a name in keep_fp32 is not such a layer.
     """

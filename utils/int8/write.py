@@ -186,7 +186,7 @@ def fp16_array(array: WeightArray) -> bytes:
     """A tagged ("type 0") weight array stored as float16, as NCNN's loader reads it (converted back to float32
     when loaded, so the layer still computes in fp32, with its weights rounded to fp16).
     Not the default in utils/int8/quantize.py: with the first and output convs stored so, the C++ app built from
-    NCNN's source and the Python wheel gave boxes up to 2 px apart on the same INT8 model (both exact with float32).
+    NCNN's source and the Python wheel give slightly different boxes on the same INT8 model (equal with float32).
     """
     half = array.values.astype(np.float16).tobytes()
     return struct.pack('<I', TAG_FLOAT16) + half + b'\0' * (_align4(len(half)) - len(half))
@@ -220,8 +220,8 @@ def write_int8_model(model: NcnnModel, scales: dict, out_param, out_bin, fp16_un
         chunks.append(np.float32(s.input_scale).tobytes())
         quantized = ParamLayer(layer.type, layer.name, layer.bottoms, layer.tops, dict(layer.params), layer.line_no)
         quantized.params[8] = str(int8_scale_term(layer.type))
-        # The export's "no im2col + GEMM" hint (utils/ncnn_param.py) speeds up an fp32 stem conv; NCNN's INT8 direct
-        # kernel is the slower one (measured 5.10 vs 4.61 ms at 1 thread), so a quantized layer drops it.
+        # The export's "no im2col + GEMM" hint (utils/ncnn_param.py) speeds up an fp32 stem conv; for INT8, NCNN's
+        # direct kernel is the slower one, so a quantized layer drops it.
         clear_hint(quantized)
         out_layers.append(quantized)
     write_param(out_param, out_layers, model.blob_count)

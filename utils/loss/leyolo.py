@@ -30,8 +30,9 @@ from utils.loss.targets import checked_targets
 LOSS_SCALE = 640.0
 BOX_GAIN, CLS_GAIN, DFL_GAIN = Config.leyolo_box_gain, Config.leyolo_cls_gain, Config.leyolo_dfl_gain
 # Ultralytics clips the gradient norm at 10 for a loss 10x smaller than ours. LeYOLO needs it: from the released
-# nano weights the gradient norm is ~1.8e4 and unclipped SGD diverges in a few steps even at learning_rate 1e-4
-# (measured on coco128), while clipped at 100 it trains. The trainer reads `max_grad_norm` off the loss.
+# nano weights the gradient norm is in the tens of thousands, and unclipped SGD diverged on coco128 within a few
+# steps even at a tenth of the default learning_rate, while clipped at 100 it trains. The trainer reads
+# `max_grad_norm` off the loss.
 MAX_GRAD_NORM = Config.leyolo_max_grad_norm
 
 
