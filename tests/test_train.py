@@ -1,12 +1,16 @@
-"""The trainer end to end on a small copy of the generated sample dataset: it learns (mAP from pycocotools via utils.evaluator.evaluator rises
-above the untrained model's), resumes after SIGTERM to the same final state, never leaves a half-written
-checkpoint, survives and then refuses non-finite losses, and runs under torchrun with 2 CPU processes (gloo)."""
+"""The trainer end to end on a small copy of the generated sample dataset: it learns (mAP from pycocotools via
+utils.evaluator rises above the untrained model's), resumes after SIGTERM to the same final state, stops at once with
+one error on a full disk, survives and then refuses non-finite losses, refuses input it cannot train with, and runs
+under torchrun with 2 CPU processes (gloo). The checkpoint files themselves: tests/test_checkpoint.py."""
+import contextlib
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 
 from tests.conftest import REPO, shared_path
 from utils.config import load_config
+from utils.errors import CheckpointError, ConfigError
 from utils.train.checkpoint import load_checkpoint, save_atomic
 
 torch.set_num_threads(1)   # the test machine has 2 cores shared by many processes
@@ -44,52 +49,6 @@ def run_train(*args, new_session=False):
 def results_epochs(out):
     with open(out / 'results.csv', newline='') as f:
         return [int(row['epoch']) for row in csv.DictReader(f)]
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-def test_atomic_save_replaces_whole_files_and_cleans_up_on_error(tmp_path):
-    path = tmp_path / 'last.pt'
-    save_atomic({'model': {'w': torch.ones(3)}, 'epoch': 1}, path)
-    assert load_checkpoint(path)['epoch'] == 1
-
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError('disk full (simulated)')
-
-    with pytest.raises(RuntimeError, match='disk full'):
-        save_atomic({'model': {'w': torch.ones(3)}, 'epoch': 2, 'bad': Unpicklable()}, path)
-    assert load_checkpoint(path)['epoch'] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ['last.pt']   # no temp file left behind
-
-
-def test_killed_mid_write_leaves_the_previous_checkpoint_readable(tmp_path):
-    path = tmp_path / 'last.pt'
-    save_atomic({'model': {'w': torch.zeros(1000)}, 'epoch': 1}, path)
-    # A writer that stalls half-way through pickling (after the big tensor is written), then gets SIGKILL.
-    script = f"""
-import sys, time, torch
-sys.path.insert(0, {str(REPO)!r})
-from utils.train.checkpoint import save_atomic
-class Stall:
-    def __reduce__(self):
-        print('writing', flush=True)
-        time.sleep(60)
-        return (int, (0,))
-save_atomic({{'model': {{'w': torch.ones(200000)}}, 'epoch': 2, 'z': Stall()}}, {str(path)!r})
-"""
-    writer = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
-    assert writer.stdout.readline().strip() == 'writing'
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
-    checkpoint = load_checkpoint(path)
-    assert checkpoint['epoch'] == 1 and torch.equal(checkpoint['model']['w'], torch.zeros(1000))
-    # a plain torch.save killed the same way leaves a truncated, unreadable file: the reason for the rename
-    with open(tmp_path / 'plain.pt', 'wb') as f:
-        torch.save({'model': {'w': torch.ones(200000)}}, f)
-    (tmp_path / 'plain.pt').write_bytes((tmp_path / 'plain.pt').read_bytes()[:100000])
-    with pytest.raises(ValueError, match='not a readable checkpoint'):
-        load_checkpoint(tmp_path / 'plain.pt')
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -157,9 +116,8 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     from utils.evaluator import evaluate
     from utils.train.trainer import TrainOptions, train
     # Started, as users do, from the ImageNet backbone; 4 shape classes at 96x96, 22 epochs of 12 steps. Short runs
-    # vary with the seed and the float summation order (another CPU is another draw): mAP@0.5 at seeds 0-3 was
-    # 0.071 / 0.143 / 0.143 / 0.087 at lr 0.001 and 0.091 / 0.135 / 0.115 / 0.153 at lr 0.003 (measured), so lr
-    # 0.003 keeps the bar further from chance.
+    # vary with the seed and the float summation order (another CPU is another draw); across seeds lr 0.003 keeps
+    # the result further above the bar than 0.001.
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
     cfg = load_config(dataset, epochs=22, eval_interval=22, steps=(19,), close_mosaic=4, backbone_weights=backbone,
                       learning_rate=0.003, **FAST)
@@ -170,7 +128,7 @@ def test_training_learns_the_dataset(dataset, tmp_path):
     assert (tmp_path / 'results.previous.csv').read_text() == 'epoch,lr\n1,0.5\n'
     trained = evaluate(load_trained(cfg, tmp_path / 'best.pt'), cfg, progress=False)
     print(f'mAP@0.5 untrained {untrained.map50:.4f}, trained {trained.map50:.4f}')
-    assert trained.map50 > max(0.05, 10 * untrained.map50)   # measured: 0.003 -> 0.091
+    assert trained.map50 > max(0.05, 10 * untrained.map50)
     assert report['best_map50_95'] == pytest.approx(trained.map50_95, abs=1e-6)
     assert results_epochs(tmp_path) == list(range(1, 23))
     assert (tmp_path / 'results.png').stat().st_size > 1000
@@ -188,16 +146,16 @@ def test_a_stop_signal_while_workers_start_neither_kills_them_nor_gets_lost():
     """The race CI hit: SIGTERM to the process group just as a DataLoader worker was forked, before its init made it
     ignore the signal (torch's worker re-raises a SIGTERM not from its parent with the default action: death).
     The main process may get it at once (through another thread) or on release, but gets it once."""
-    from utils.train.trainer import _ignore_stop_signals, _stop_signals_held
+    from utils.train.signals import ignore_stop_signals, stop_signals_held
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     try:
-        with _stop_signals_held():
+        with stop_signals_held():
             pid = os.fork()
             if pid == 0:   # a worker in the window: default action for SIGTERM, not yet initialised
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
-                _ignore_stop_signals(0)
+                ignore_stop_signals(0)
                 os._exit(7)
             os.kill(os.getpid(), signal.SIGTERM)
         assert received == [signal.SIGTERM]
@@ -270,8 +228,113 @@ def test_nonfinite_losses_are_skipped_then_abort(dataset, tmp_path, monkeypatch)
 
     calls['n'] = 0
     monkeypatch.setattr(trainer, 'build_loss', poisoned(set(range(1, 100))))
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match='non-finite losses in a row'):
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=rf'^{cfg.where("learning_rate")}: 5 '
+                                                                      'non-finite losses in a row at epoch 1'):
         trainer.train(cfg, trainer.TrainOptions(out_dir=tmp_path / 'b', device='cpu', workers=0))
+
+
+# A training run in its own process whose disk fills up at epoch 2's last.pt: epoch 1's is written whole, epoch 2's
+# stops half-way (files._write_all, the one place bytes are written, fails as a full disk does). The CheckpointError
+# is left uncaught, as a bug's exception would be: the process must still end, its data-loading worker with it.
+FULL_DISK_RUN = """
+import errno, os, sys
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads(1)
+import utils.train.files as files
+from utils.config import load_config
+from utils.train.trainer import TrainOptions, train
+
+real_write_all = files._write_all
+checkpoints = []
+
+
+def disk_full_at_the_second_last_pt(handle, data):
+    if '.last.pt.' in os.readlink(f'/proc/self/fd/{{handle}}'):
+        checkpoints.append(handle)
+        if len(checkpoints) == 2:
+            real_write_all(handle, bytes(data[:len(data) // 2]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_write_all(handle, data)
+
+
+files._write_all = disk_full_at_the_second_last_pt
+cfg = load_config({data!r}, epochs=3, eval_interval=1, batch_size=8, warmup_epochs=1)
+train(cfg, TrainOptions(out_dir={out!r}, device='cpu', workers=1))
+"""
+
+
+def kill_group(pid):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='finds the file of a descriptor in /proc')
+def test_a_full_disk_stops_training_at_once_and_keeps_the_previous_checkpoint(dataset, tmp_path):
+    from utils.train.trainer import TrainOptions, train
+    out = tmp_path / 'out'
+    script = FULL_DISK_RUN.format(repo=str(REPO), data=str(dataset), out=str(out))
+    run = subprocess.Popen([sys.executable, '-c', script], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    watchdog = threading.Timer(300, kill_group, (run.pid,))   # whatever happens, the test ends
+    watchdog.start()
+    try:
+        output = []
+        for line in run.stdout:   # up to the traceback's last line, the error
+            output.append(line)
+            if line.startswith('utils.errors.CheckpointError: '):
+                break
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail('the process hung after the error:\n' + ''.join(output)[-3000:])
+    finally:
+        watchdog.cancel()
+        kill_group(run.pid)   # a hung run and its worker
+    error = output[-1].strip()
+    assert run.returncode == 1, ''.join(output)[-3000:]
+    assert re.fullmatch(rf'utils.errors.CheckpointError: {re.escape(str(out / "last.pt"))}: cannot write it '
+                        rf'\(No space left on device\): [\d.]+ [kMGT]?B free on {re.escape(str(out))}, '
+                        rf'[\d.]+ [kM]B needed; the previous last.pt is intact', error), error
+    assert load_checkpoint(out / 'last.pt')['epoch'] == 1   # epoch 1's, whole
+    assert not [p.name for p in out.iterdir() if p.suffix == '.tmp']
+    assert results_epochs(out) == [1, 2]   # epoch 2's row was written before its checkpoint failed
+    # With room again, the run resumes from epoch 1's last.pt and lists epoch 2 once.
+    train(load_config(dataset, epochs=3, eval_interval=1, **FAST),
+          TrainOptions(out_dir=out, device='cpu', workers=0, resume=out / 'last.pt'))
+    assert results_epochs(out) == [1, 2, 3]
+    assert load_checkpoint(out / 'last.pt')['epoch'] == 3
+
+
+def test_what_the_trainer_cannot_use_is_one_clear_error(dataset, tmp_path):
+    from model.build import build_model
+    from utils.train.trainer import TrainOptions, train
+    cfg = load_config(dataset, **FAST)
+    uneven = load_config(dataset, batch_size=9, subdivisions=2, workers=0)
+    with pytest.raises(ConfigError, match=rf'^{uneven.where("batch_size")}: batch_size 9 must be divisible by '
+                                          r'subdivisions 2 x 1 processes$'):
+        train(uneven, TrainOptions(out_dir=tmp_path, device='cpu'))
+    with pytest.raises(ConfigError, match=r'^--device gpu: expected cpu, cuda or a CUDA index such as 0$'):
+        train(cfg, TrainOptions(out_dir=tmp_path, device='gpu'))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r'^--device cuda: CUDA is not available here \(use --device cpu\)$'):
+            train(cfg, TrainOptions(out_dir=tmp_path, device='cuda'))
+    # best.pt: the weights and the record, no optimizer state
+    model_state = build_model(cfg, log=lambda s: None).state_dict()
+    best = tmp_path / 'best.pt'
+    save_atomic(dict(model=model_state, ema=model_state, epoch=1, batches_done=0, best_map50_95=0.1, best_epoch=0,
+                     data=str(dataset)), best)
+    with pytest.raises(CheckpointError, match=rf'^{best}: cannot resume from it, it has no optimizer, scaler, '
+                                              r'schedule, rng \(best.pt holds no optimizer state: resume from '
+                                              r'last.pt\)$'):
+        train(cfg, TrainOptions(out_dir=tmp_path, device='cpu', workers=0, resume=best))
+    # a last.pt of another model: a tensor of another shape
+    name = next(iter(model_state))
+    foreign = tmp_path / 'foreign.pt'
+    save_atomic(dict(load_checkpoint(best), model={**model_state, name: torch.zeros(1)}, optimizer={}, scaler={},
+                     schedule={}, rng={}), foreign)
+    with pytest.raises(CheckpointError, match=rf'^{foreign}: does not fit the model of {dataset} \(.*{name}'):
+        train(cfg, TrainOptions(out_dir=tmp_path, device='cpu', workers=0, resume=foreign))
 
 
 def test_ddp_two_cpu_processes(dataset, tmp_path):

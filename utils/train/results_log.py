@@ -29,8 +29,8 @@ def append_results(out_dir: Path, row: dict) -> None:
 
 
 def drop_results_after(out_dir: Path, epoch: int) -> None:
-    """Keep the rows of epochs 1..`epoch` only: a resumed run trains the later ones again (their checkpoint was
-    never written, e.g. the disk was full) and must not list them twice."""
+    """Keep the rows of epochs 1..`epoch` only: a resumed run trains the later ones again (a row is written just
+    before its epoch's checkpoint, which a full disk can then refuse) and must not list them twice."""
     path = Path(out_dir) / 'results.csv'
     if not path.exists():
         return

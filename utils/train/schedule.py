@@ -7,10 +7,9 @@ Learning rate, per optimizer step (Yolo-FastestV2's step schedule with YOLOv5's 
     WARMUP_BIAS_LR_FACTOR * lr when the head starts untrained (a high bias lr lets the objectness prior settle
     first) and up from 0 like the weights when starting from a trained model (--weights or pre_weights).
 A minimum in steps, not epochs: on a small dataset 3 epochs are a handful of steps, and a full-lr step on
-a trained model right away undoes it. Measured (released COCO weights, coco128, batch 16, lr 0.001, 12 steps,
-mAP@0.5 0.34 before): bias lr from 10x lr -> 0.30 (0.00 with the former 10x loss scale), bias lr from 0 -> 0.32.
-Longer runs still lose mAP on coco128 (10 epochs at lr 0.001: batch 64 keeps 95%, batch 16 74%, batch 8 13%;
-batch 8 at lr 0.0001 78%): see bench/finetune.py. The loss is a per-batch mean, so a smaller batch takes more
+a trained model right away undoes it; from the released COCO weights, biases starting at 10x lr also cost
+accuracy that a start from 0 keeps. Longer fine-tuning still loses mAP on coco128, the more the smaller the batch
+(figures: docs/benchmarks.md, bench/finetune.py): the loss is a per-batch mean, so a smaller batch takes more
 steps of the same size per epoch.
 Weight decay applies to conv and linear weights only, not to BatchNorm weights or biases.
 """

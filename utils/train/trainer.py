@@ -52,8 +52,8 @@ from utils.train.schedule import (
 from utils.train.signals import StopRequest, ignore_stop_signals, stop_signals_held
 
 MAX_BAD_STEPS = 5              # non-finite losses in a row before we give up
-# Channels-last (NHWC) activations spare oneDNN's convolutions their layout reorders. Measured: a training step
-# (forward, loss, backward, SGD; batch 32 at 352, 2 CPU threads) took 0.73 s against 1.21 s in NCHW.
+# Channels-last (NHWC) activations spare oneDNN's convolutions their layout reorders, a large share of a CPU
+# training step in NCHW.
 MEMORY_FORMAT = torch.channels_last
 # What `resume` reads from last.pt (best.pt has no optimizer state, see utils/train/checkpoint.py)
 RESUME_KEYS = ('model', 'optimizer', 'scaler', 'epoch', 'batches_done', 'schedule', 'best_map50_95', 'best_epoch',
@@ -91,6 +91,8 @@ def config_record(cfg) -> dict:
 
 
 class Trainer:
+    """One training run, in the stages the module docstring lists."""
+
     def __init__(self, cfg, options: TrainOptions, rank: int, world: int, local_rank: int):
         """Everything the epochs need, in this order: a resumed run's random states are restored after the model's
         initialisation has drawn its numbers, as in the run that wrote them."""
@@ -317,7 +319,7 @@ class Trainer:
     def _optimizer_step(self) -> None:
         # Clipping is the loss's call (`max_grad_norm`): the LeYOLO loss asks for it (its fine-tuning diverges
         # without), the anchor loss does not: there a from-scratch backbone has gradient norms in the tens of
-        # thousands for its first steps (small weights before BatchNorm) and clipping froze learning (measured);
+        # thousands for its first steps (small weights before BatchNorm) and clipping froze learning in our runs;
         # Yolo-FastestV2 does not clip either. The non-finite check in the loop covers true blow-ups.
         max_norm = getattr(self.loss_fn, 'max_grad_norm', None)
         if max_norm:
@@ -382,7 +384,7 @@ class Trainer:
         save_atomic(checkpoint, self.out_dir / name)
 
     def _end_workers(self) -> None:
-        """End the loader's worker processes now, however training ended. Dropping the loader is not enough after
+        """End the loader's worker processes, however training ended. Dropping the loader is not enough after
         an exception: its traceback keeps the loader's iterator alive, and at exit multiprocessing sends the workers
         SIGTERM, which they ignore (utils/train/signals.py), then waits for them forever."""
         iterator = self.loader._iterator   # torch's: the persistent workers' iterator (None before the first epoch)
