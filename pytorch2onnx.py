@@ -45,7 +45,8 @@ def parse_args(argv=None):
                              "'minmax'")
     parser.add_argument('--int8-all', action='store_true',
                         help='quantize every conv layer (default: depthwise, first and output convs stay fp32; '
-                             'all-INT8 is smaller, but loses detections on LeYOLO-Nano: docs/benchmarks.md, INT8)')
+                             'all-INT8 is smaller but less accurate: bench/int8_accuracy.py --int8-depthwise '
+                             '--int8-ends measures it)')
     parser.add_argument('--fp16-kept', action='store_true',
                         help='with --int8: store the weights of the layers left fp32 as float16 (a smaller .bin, but '
                              'the C++ app\'s boxes then differ slightly from the Python runtime\'s)')

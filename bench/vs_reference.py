@@ -23,7 +23,6 @@ Both final models are scored by utils.evaluator.evaluate (pycocotools, the val s
 The reference's checkpoints (every 10th epoch, plus the final one with local edit 5) give its mAP curve; ours
 comes from its results.csv. Verdict: PASS when ours / reference >= --min-ratio for mAP@0.5 and mAP@0.5:0.95.
 Exit status 0 PASS, 1 FAIL, 2 nothing to compare (a side skipped or missing).
-The figures: docs/benchmarks.md, "Training quality against the reference trainer".
 """
 from __future__ import annotations
 
