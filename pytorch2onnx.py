@@ -66,13 +66,14 @@ def generated_image(width: int = 640, height: int = 480) -> np.ndarray:
 
 
 def load_check_image(path, cfg) -> tuple[np.ndarray, str]:
-    """The --image, else the first image of the val split, else a generated scene."""
-    if path is None:
-        try:
-            path = list_images(cfg.val)[0]
-        except UserError:
-            return generated_image(), 'a generated image'
-    return read_image(path), str(path)
+    """The --image, else the first image of the val split (when it can be read), else a generated scene."""
+    if path is not None:
+        return read_image(path), str(path)
+    try:
+        first = list_images(cfg.val)[0]
+        return read_image(first), str(first)
+    except UserError:   # a list file copied without its images, say: the check does not need the user's data
+        return generated_image(), 'a generated image'
 
 
 def main(argv=None) -> int:

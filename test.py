@@ -18,14 +18,13 @@ import torch
 
 from utils.cli import non_negative_int, positive_int, run
 from utils.config import load_config
-from utils.data.dataset import read_image
+from utils.data.dataset import IMAGE_SUFFIXES, read_image
 from utils.draw import draw_detections
 from utils.errors import ConfigError, DatasetError
 from utils.postprocess import postprocess
 from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
 from utils.runtimes import BACKENDS, backend_for, load_runtime
 
-IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.m4v', '.webm'}
 
 
@@ -132,9 +131,12 @@ def main(argv=None) -> int:
     source = Path(args.img)
     out_dir = Path(args.out) if args.out else None
     cfg = load_config(args.data)
+    if out_dir is not None:   # before the model loads: a wrong --out is found at once
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f'--out {out_dir}: cannot make the folder ({error.strerror})') from None
     runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
         drawn = [p for p in paths if p.stem.endswith('_det')]

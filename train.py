@@ -56,7 +56,9 @@ def main(argv=None) -> int:
             raise ConfigError('--resume without a path needs --out or --data to find last.pt')
         checkpoint = load_checkpoint(resume)
         overrides = dict(checkpoint.get('overrides', {}))   # the same schedule as the interrupted run
-        data = data or checkpoint['data']
+        data = data or checkpoint.get('data')
+        if not data:
+            raise ConfigError(f'--resume {resume}: the checkpoint does not name its .data file: give --data')
         del checkpoint
     overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items()
                       if v is not None})

@@ -138,6 +138,10 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
 
 def data_keys_hint(path, state: dict) -> str:
     """What the .data file must say for the model that wrote `path`, as far as the file tells."""
+    record = _training_record(path)
+    if record:
+        return (f'the file was trained from {record.get("data", "?")} with model = {record.get("model")}, '
+                f'head = {record.get("head")}, classes = {record.get("classes")}: set those keys in the .data file')
     if any(k.startswith('backbone.stage2.') for k in state):
         model = 'yolo-fastestv2'
     elif any(k.startswith('backbone.backbone.') for k in state):
@@ -145,11 +149,10 @@ def data_keys_hint(path, state: dict) -> str:
     else:
         return ''
     head = 'leyolo' if 'head.dfl_bins' in state else 'anchor'
-    record = _training_record(path)
-    if record:
-        return (f'the file was trained from {record.get("data", "?")} with model = {record.get("model")}, '
-                f'head = {record.get("head")}, classes = {record.get("classes")}: set those keys in the .data file')
-    return f'the file holds a {model} model with the {head} head: set `model` and `head` in the .data file to match'
+    class_conv = state.get('head.cls_outs.0.weight', state.get('head.cls_branches.0.3.weight'))
+    classes = f' and {class_conv.shape[0]} classes' if class_conv is not None else ''
+    return (f'the file holds a {model} model with the {head} head{classes}: set `model`, `head` and `classes` in '
+            f'the .data file to match (or start from it with `pre_weights`, which skips tensors of another shape)')
 
 
 def _training_record(path) -> dict:

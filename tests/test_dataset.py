@@ -315,6 +315,7 @@ def test_images_cut_short_are_left_out_and_whole_ones_kept(tmp_path, capfd, monk
         # data of another kind after the image, like a phone's motion-photo video
         'trailer.jpg': (jpeg + np.random.default_rng(0).bytes(100_000), jpeg),
         'appended.jpg': (jpeg + second.read_bytes(), jpeg),
+        'text_trailer.jpg': (jpeg + b'metadata of another tool, ' * 400, jpeg),   # over 4 KB without FF bytes
         'progressive_whole.jpg': (progressive, progressive),
         'copy.png': (png, png),
     }

@@ -15,6 +15,7 @@ from model.spec import HeadSpec
 from utils.cli import run
 from utils.config import load_config
 from utils.data.eval_data import RectEvalDataset, image_sizes, pad_into, plan_batches, resize_long_side
+from utils.errors import ConfigError
 from utils.evaluator.evaluator import evaluate, predict_split
 from utils.postprocess import nms
 from utils.preprocess import boxes_to_original
@@ -122,11 +123,11 @@ def test_rect_refuses_fixed_shape_backends_and_non_square_sizes(tmp_path):
         name = 'onnx'
         spec = HeadSpec('leyolo', (8, 16, 32), 80, 320, 320)
 
-    with pytest.raises(ValueError, match='onnx backend.*--rect'):
+    with pytest.raises(ConfigError, match='onnx backend.*--rect'):
         evaluate(FixedShapeRuntime(), cfg, rect=True, progress=False)
     wide = load_config(write_data(tmp_path, 320), width=416)
     from model.build import build_model
-    with pytest.raises(ValueError, match='width = height'):
+    with pytest.raises(ConfigError, match='width = height'):
         evaluate(build_model(wide, log=lambda *_: None), wide, rect=True, progress=False)
 
 

@@ -1,5 +1,6 @@
 """Every script as a user runs it (a subprocess): input errors, wherever they are raised, print one line
 `error: <file>: <what>` and exit 1 with no traceback; nonsense options are refused by argparse (exit 2)."""
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO, shared_path
+
+PROGRESS_BAR = re.compile(r'\d+%\|')   # tqdm's lines on stderr (the training epoch that was under way)
 
 
 def run(script, *args):
@@ -16,7 +19,7 @@ def run(script, *args):
 
 
 def assert_one_error_line(code, err, *names):
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not PROGRESS_BAR.search(line)]
     assert code == 1, err
     assert len(lines) == 1 and lines[0].startswith('error: '), err   # no traceback, no warnings advice
     for name in names:
@@ -49,6 +52,43 @@ def test_train_on_cuda_without_cuda(tiny_data):
         pytest.skip('this machine has CUDA')
     code, _, err = run('train.py', '--data', tiny_data, '--device', 'cuda', '--out', tiny_data.parent / 'out')
     assert_one_error_line(code, err, '--device cuda')
+
+
+def test_an_image_that_fails_to_decode_in_a_data_worker(tiny_data):
+    """JPEG markers around garbage pass the dataset check; the worker that decodes it raises, and torch wraps the
+    error in the worker's traceback: the user still gets one line naming the image."""
+    bad = tiny_data.parent / 'images' / 'garbage.jpg'
+    bad.write_bytes(b'\xff\xd8\xff\xda\x00\x02' + bytes(range(256)).replace(b'\xff', b'') * 8 + b'\xff\xd9')
+    (tiny_data.parent / 'train.txt').write_text(f'{bad}\n{bad}\n')
+    data = tiny_data.parent / 'worker.data'
+    data.write_text(tiny_data.read_text().replace('workers = 0', 'workers = 1') + 'cache = none\n')
+    code, _, err = run('train.py', '--data', data, '--device', 'cpu', '--out', tiny_data.parent / 'out')
+    assert_one_error_line(code, err, bad)
+
+
+def test_resume_from_a_checkpoint_that_does_not_name_its_data_file(tiny_data):
+    import torch
+    checkpoint = tiny_data.parent / 'foreign.pt'
+    torch.save({'model': {}}, checkpoint)
+    code, _, err = run('train.py', '--resume', checkpoint)
+    assert_one_error_line(code, err, checkpoint, '--data')
+
+
+def test_a_corrupt_onnx_file(tiny_data):
+    onnx = tiny_data.parent / 'model.onnx'
+    onnx.write_bytes(b'not a protobuf' * 10)
+    for backend in ('onnx', 'opencv'):
+        code, _, err = run('evaluation.py', '--data', tiny_data, '--weights', onnx, '--backend', backend)
+        assert_one_error_line(code, err, onnx)
+
+
+def test_an_output_folder_that_cannot_be_made(tiny_data):
+    blocker = tiny_data.parent / 'a_file'
+    blocker.write_text('')
+    code, _, err = run('test.py', '--data', tiny_data, '--weights', shared_path(
+        'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'), '--img', tiny_data.parent / 'images',
+        '--out', blocker / 'sub')
+    assert_one_error_line(code, err, '--out')
 
 
 def test_resume_from_a_file_that_is_not_a_checkpoint(tiny_data):

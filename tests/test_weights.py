@@ -171,7 +171,7 @@ def test_released_yolo_fastestv2_into_leyolo_names_the_data_keys(tmp_path):
         load_weights(model, shared_path(RELEASE))
     message = str(error.value)
     assert message.startswith(f'{shared_path(RELEASE)}: does not fit the model') and '\n' not in message
-    assert 'a yolo-fastestv2 model with the anchor head: set `model` and `head`' in message
+    assert 'a yolo-fastestv2 model with the anchor head and 80 classes: set `model`, `head` and `classes`' in message
 
 
 def test_leyolo_release_as_backbone_weights_fills_every_backbone_tensor(tmp_path):

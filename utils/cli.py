@@ -16,8 +16,18 @@ def run(main, argv=None) -> int:
     try:
         return main(argv)
     except USER_ERRORS as error:
-        print(f'error: {error}', file=sys.stderr)
+        print(f'error: {one_line(error)}', file=sys.stderr)
         return 1
+
+
+def one_line(error: Exception) -> str:
+    """The error's message; for one raised in a DataLoader worker, torch re-raises it in the main process with the
+    worker's traceback in front, and only its last line, the original message, is the user's."""
+    message = str(error)
+    if 'Original Traceback' in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.split(': ', 1)[1] if ': ' in last else last
+    return message
 
 
 def positive_int(text: str) -> int:

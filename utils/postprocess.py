@@ -23,6 +23,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from utils.errors import ConfigError
+
+# An exported model's outputs are checked against the .data file only here: a mismatch is the user's to fix.
+FROM_ANOTHER_DATA_FILE = ('the model does not fit the .data file (classes, anchor_num, anchors, head): was it '
+                          'exported from another one?')
 MAX_BOXES_INTO_NMS = 30000   # keep the highest-scoring boxes only, so a near-zero threshold cannot stall NMS
 
 
@@ -46,8 +51,9 @@ def decode_anchor_scale(output_nhwc: np.ndarray, anchors_px, num_classes: int, s
     n, h, w, channels = output_nhwc.shape
     num_anchors = len(anchors_px)
     if channels != 5 * num_anchors + num_classes:
-        raise ValueError(f'anchor head output has {channels} channels; {num_anchors} anchors and {num_classes} '
-                         f'classes need 5 * {num_anchors} + {num_classes} = {5 * num_anchors + num_classes}')
+        raise ConfigError(f'anchor head output has {channels} channels; {num_anchors} anchors and {num_classes} '
+                          f'classes need 5 * {num_anchors} + {num_classes} = {5 * num_anchors + num_classes}: '
+                          f'{FROM_ANOTHER_DATA_FILE}')
     reg = output_nhwc[..., :4 * num_anchors].reshape(n, h, w, num_anchors, 4)
     obj = output_nhwc[..., 4 * num_anchors:5 * num_anchors]                      # (N, H, W, A)
     cls = output_nhwc[..., 5 * num_anchors:]                                      # (N, H, W, C)
@@ -67,8 +73,8 @@ def decode_leyolo_scale(output_nhwc: np.ndarray, num_classes: int, stride_x: flo
     """One scale of the LeYOLO head -> (boxes_xyxy_px (N, H*W, 4), scores (N, H*W, C))."""
     n, h, w, channels = output_nhwc.shape
     if channels != 4 + num_classes:
-        raise ValueError(f'leyolo head output has {channels} channels; {num_classes} classes need '
-                         f'4 + {num_classes} = {4 + num_classes}')
+        raise ConfigError(f'leyolo head output has {channels} channels; {num_classes} classes need '
+                          f'4 + {num_classes} = {4 + num_classes}: {FROM_ANOTHER_DATA_FILE}')
     grid_x, grid_y = grid_xy(h, w)
     centre_x, centre_y = grid_x + 0.5, grid_y + 0.5
     ltrb = output_nhwc[..., :4]
@@ -81,8 +87,8 @@ def decode(outputs_nhwc: list, spec) -> tuple[np.ndarray, np.ndarray]:
     """Per-scale deployment outputs (torch or numpy, strides ascending) -> (boxes_xyxy_px (N, K, 4),
     scores (N, K, C)) in network-input pixels, every scale's boxes concatenated."""
     if len(outputs_nhwc) != len(spec.strides):
-        raise ValueError(f'got {len(outputs_nhwc)} outputs but the head has {len(spec.strides)} scales '
-                         f'(strides {tuple(spec.strides)})')
+        raise ConfigError(f'got {len(outputs_nhwc)} outputs but the head has {len(spec.strides)} scales '
+                          f'(strides {tuple(spec.strides)}): {FROM_ANOTHER_DATA_FILE}')
     all_boxes, all_scores = [], []
     for scale, output in enumerate(outputs_nhwc):
         output = to_numpy(output)
@@ -91,10 +97,10 @@ def decode(outputs_nhwc: list, spec) -> tuple[np.ndarray, np.ndarray]:
         _, h, w, _ = output.shape
         stride_x, stride_y = spec.input_width / w, spec.input_height / h
         if (stride_x, stride_y) != (spec.strides[scale], spec.strides[scale]):
-            raise ValueError(f'output {scale} is {h}x{w} (HxW), but a {spec.input_width}x{spec.input_height} input '
-                             f'at stride {spec.strides[scale]} gives '
-                             f'{spec.input_height // spec.strides[scale]}x{spec.input_width // spec.strides[scale]}:'
-                             f' is the output NHWC and the input size the one the model was exported with?')
+            raise ConfigError(f'output {scale} is {h}x{w} (HxW), but a {spec.input_width}x{spec.input_height} input '
+                              f'at stride {spec.strides[scale]} gives '
+                              f'{spec.input_height // spec.strides[scale]}x{spec.input_width // spec.strides[scale]}:'
+                              f' is the output NHWC and the input size the one the model was exported with?')
         if spec.kind == 'anchor':
             boxes, scores = decode_anchor_scale(output, spec.anchors_px[scale], spec.num_classes, stride_x, stride_y)
         elif spec.kind == 'leyolo':

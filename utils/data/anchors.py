@@ -153,7 +153,9 @@ def read_box_sizes(source: Path, classes: int | None = None) -> tuple[np.ndarray
               f'{len(problems)} label files left out')
     report += ''.join(f'\n  left out: {p}' for p in problems[:5])
     if len(boxes_wh) == 0:
-        raise DatasetError(f'{report}\nno boxes to cluster')
+        raise DatasetError(f'{source}: no boxes to cluster ({len(image_paths)} images, {without_labels} without a '
+                           f'label file, {len(problems)} label files left out'
+                           + (f'; the first problem: {problems[0]}' if problems else '') + ')')
     return boxes_wh, report
 
 

@@ -145,7 +145,7 @@ def image_problem(path: Path) -> str | None:
     try:
         with open(path, 'rb') as f:
             head = f.read(16)
-            if head.startswith(JPEG_START) and _jpeg_cut_short(*_end_before_padding(f)):
+            if head.startswith(JPEG_START) and _jpeg_cut_short(*_end_before_padding(f)) and not _jpeg_ends(f):
                 return 'JPEG file is cut short: its image data stops without the end marker (FF D9)'
             if head.startswith(PNG_START) and PNG_END not in _end_before_padding(f)[0]:
                 return 'PNG file is cut short: it does not end with an IEND chunk'
@@ -169,7 +169,10 @@ def _end_before_padding(f) -> tuple[bytes, bool]:
     while end > 0:
         start = max(end - TAIL_BYTES, 0)
         f.seek(start)
-        kept = len(f.read(end - start).rstrip(PADDING))
+        chunk = f.read(end - start)
+        kept = len(chunk.rstrip(PADDING))
+        if kept == len(chunk):   # no padding: these are the bytes
+            return chunk, start == 0
         if kept:
             end = start + kept
             start = max(end - TAIL_BYTES, 0)
@@ -195,6 +198,16 @@ def _jpeg_cut_short(tail: bytes, whole_file: bool) -> bool:
         return True   # the file stops before its compressed data begins
     return _MARKER.search(tail) is None
 
+
+
+def _jpeg_ends(f) -> bool:
+    """Whether the open JPEG holds an end marker after its first scan header: the whole-file check for the rare
+    file whose last bytes look cut short, such as one with a long trailer of another kind after its image.
+    FF D9 cannot occur inside compressed data (an FF there is followed by 00 or a restart marker)."""
+    f.seek(0)
+    data = f.read()
+    scan = data.find(JPEG_SCAN_START)
+    return scan >= 0 and data.find(b'\xff\xd9', scan) >= 0
 
 
 def read_image(path) -> np.ndarray:

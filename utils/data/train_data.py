@@ -27,6 +27,7 @@ from utils.data.augment import (
     to_input_size,
 )
 from utils.data.dataset import read_image
+from utils.errors import DatasetError
 
 
 class TrainDataset(Dataset):
@@ -34,7 +35,7 @@ class TrainDataset(Dataset):
         self.image_paths = list(split.image_paths)
         self.labels = [np.asarray(labels, dtype=np.float32).reshape(-1, 5) for labels in split.labels]
         if not self.image_paths:
-            raise ValueError(f'{cfg.where("train")}: the training split has no images')
+            raise DatasetError(f'{cfg.where("train")}: the training split has no images')
         self.width, self.height, self.letterbox = cfg.width, cfg.height, cfg.letterbox
         self.augment = augment
         self.hsv_gains = (cfg.hsv_h, cfg.hsv_s, cfg.hsv_v)

@@ -113,13 +113,13 @@ def as_runtime(model_or_runtime):
 def check_rect(runtime, cfg) -> None:
     """Rectangular batches change the input shape from batch to batch: torch models only, square sizes only."""
     if getattr(runtime, 'name', None) != 'torch':
-        raise ValueError(f'rectangular batches change the input shape from batch to batch; the '
-                         f'{getattr(runtime, "name", type(runtime).__name__)} backend runs a graph exported for '
-                         f'{runtime.spec.input_width}x{runtime.spec.input_height} only: evaluate the .pth with the '
-                         f'torch backend, or leave out --rect')
+        raise ConfigError(f'rectangular batches change the input shape from batch to batch; the '
+                          f'{getattr(runtime, "name", type(runtime).__name__)} backend runs a graph exported for '
+                          f'{runtime.spec.input_width}x{runtime.spec.input_height} only: evaluate the .pth with the '
+                          f'torch backend, or leave out --rect')
     if cfg.width != cfg.height:
-        raise ValueError(f'{cfg.where("width")}: rectangular batches scale the long side of every image to one '
-                         f'size, so they need width = height (got {cfg.width}x{cfg.height})')
+        raise ConfigError(f'{cfg.where("width")}: rectangular batches scale the long side of every image to one '
+                          f'size, so they need width = height (got {cfg.width}x{cfg.height})')
 
 
 def rect_loader(runtime, split, cfg, batch_size: int, workers: int) -> torch.utils.data.DataLoader:

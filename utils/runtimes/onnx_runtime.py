@@ -17,7 +17,11 @@ class OnnxRuntime:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3   # onnxruntime warns about unknown CPU vendors on some machines
         options.intra_op_num_threads = num_threads
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+        except Exception as error:   # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+            raise ConfigError(f'{onnx_path}: onnxruntime cannot load it ({type(error).__name__}: '
+                              f'{str(error).strip().splitlines()[-1]})') from None
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         check_input_shape(onnx_path, graph_input.shape, spec)
@@ -37,7 +41,10 @@ class OpenCVRuntime:
     def __init__(self, onnx_path: Path, spec):
         import cv2
         import onnx
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        try:
+            graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        except Exception as error:   # protobuf's DecodeError and others for a file that is not an ONNX model
+            raise ConfigError(f'{onnx_path}: not a readable ONNX model ({type(error).__name__}: {error})') from None
         dims = [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
         check_input_shape(onnx_path, dims, spec)
         # ask for the graph outputs by name: OpenCV's own list of unconnected outputs is not in stride order

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.build import build_model
+from model.summary import summarize
 from model.weights import load_weights
 from utils.data.dataset import load_split
 from utils.data.train_data import EpochSampler, TrainDataset, collate
@@ -210,11 +211,6 @@ class Trainer:
 
     def _print_summary(self, model) -> None:
         if not self.main:
-            return
-        try:
-            from model.summary import summarize
-        except ImportError:   # the summary module is optional
-            self.log(f'{self.cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters')
             return
         s = summarize(model, self.cfg.width, self.cfg.height)
         parts = ', '.join(f'{part} {macs / 1e6:.1f}M' for part, macs in s['macs_by_part'].items())
