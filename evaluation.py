@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from utils.cli import non_negative_int, positive_int, run
+from utils.cli import non_negative_int, positive_int, probability, run
 from utils.config import load_config
 from utils.data.eval_data import RECT_BATCH_SIZE
 from utils.errors import ConfigError
@@ -31,10 +31,10 @@ def parse_args(argv=None):
     parser.add_argument('--backend', choices=BACKENDS,
                         help='what runs the model (default: by the weights file: .param ncnn, .onnx onnx, else torch)')
     parser.add_argument('--split', default='val', choices=('val', 'train'), help='which split to score (default val)')
-    parser.add_argument('--conf', type=float, default=0.001, help='score threshold before NMS (default 0.001)')
-    parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold (default 0.6)')
+    parser.add_argument('--conf', type=probability, default=0.001, help='score threshold before NMS (default 0.001)')
+    parser.add_argument('--iou', type=probability, default=0.6, help='NMS IoU threshold (default 0.6)')
     parser.add_argument('--max-det', type=positive_int, default=300, help='detections kept per image (default 300)')
-    parser.add_argument('--pr-conf', type=float, default=0.3,
+    parser.add_argument('--pr-conf', type=probability, default=0.3,
                         help='confidence for the precision/recall/F1 line and the confusion matrix (default 0.3)')
     parser.add_argument('--batch-size', type=positive_int,
                         help=f'images per forward pass (default 16; {RECT_BATCH_SIZE} with --rect, where it also '

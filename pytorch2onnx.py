@@ -16,7 +16,7 @@ import torch
 
 from model.build import build_model
 from model.weights import load_weights
-from utils.cli import positive_int, run
+from utils.cli import positive_int, probability, run
 from utils.config import load_config
 from utils.data.dataset import list_images, read_image
 from utils.errors import ConfigError, UserError
@@ -34,9 +34,9 @@ def parse_args(argv=None):
     parser.add_argument('--no-simplify', action='store_true', help='skip onnxsim')
     parser.add_argument('--no-ncnn', action='store_true', help='ONNX only: no .param/.bin/.json')
     parser.add_argument('--image', help='image for the numeric check (default: the first image of the val split)')
-    parser.add_argument('--conf-thresh', type=float, default=DEFAULT_CONF_THRESH,
+    parser.add_argument('--conf-thresh', type=probability, default=DEFAULT_CONF_THRESH,
                         help='score threshold written to the sidecar and used by the detection check')
-    parser.add_argument('--nms-iou', type=float, default=DEFAULT_NMS_IOU, help='NMS IoU written to the sidecar')
+    parser.add_argument('--nms-iou', type=probability, default=DEFAULT_NMS_IOU, help='NMS IoU written to the sidecar')
     parser.add_argument('--int8', action='store_true', help='also write X-int8.param/.bin/.json (INT8 NCNN)')
     parser.add_argument('--calib-images', type=positive_int, default=128,
                         help='train-split images to calibrate INT8 on (default 128, or all if fewer)')

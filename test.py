@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.cli import non_negative_int, positive_int, run
+from utils.cli import non_negative_int, positive_int, probability, run
 from utils.config import load_config
 from utils.data.dataset import IMAGE_SUFFIXES, read_image
 from utils.draw import draw_detections
@@ -36,8 +36,8 @@ def parse_args(argv=None):
     parser.add_argument('--img', required=True, help='an image, a folder of images, or a video')
     parser.add_argument('--backend', choices=BACKENDS,
                         help='what runs the model (default: by the weights file: .param ncnn, .onnx onnx, else torch)')
-    parser.add_argument('--conf', type=float, default=0.3, help='score threshold (default 0.3)')
-    parser.add_argument('--iou', type=float, default=0.4, help='NMS IoU threshold (default 0.4)')
+    parser.add_argument('--conf', type=probability, default=0.3, help='score threshold (default 0.3)')
+    parser.add_argument('--iou', type=probability, default=0.4, help='NMS IoU threshold (default 0.4)')
     parser.add_argument('--max-det', type=positive_int, default=300, help='detections kept per image (default 300)')
     parser.add_argument('--out', help='folder for the drawn results (default: beside each input)')
     parser.add_argument('--threads', type=non_negative_int, default=0,

@@ -104,6 +104,8 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(tiny_data):
     ('evaluation.py', ['--weights', 'w.pth', '--batch-size', '0']),
     ('test.py', ['--weights', 'w.pth', '--img', 'x.jpg', '--max-det', 'many']),
     ('genanchors.py', ['--restarts', '0']),
+    ('pytorch2onnx.py', ['--weights', 'w.pth', '--conf-thresh', '1.5']),   # the C++ app refuses it in the sidecar
+    ('test.py', ['--weights', 'w.pth', '--img', 'x.jpg', '--iou', '-0.1']),
 ])
 def test_nonsense_numbers_are_refused_before_anything_runs(tiny_data, script, args):
     code, _, err = run(script, '--data', tiny_data, *args)
@@ -133,6 +135,14 @@ def test_an_ncnn_param_without_backend_is_run_by_ncnn(tiny_data):
     assert 'backend ncnn (from the file type' in out
     assert_one_error_line(code, err, 'model.bin')
     assert 'weights_only' not in err
+
+
+def test_an_ncnn_bin_given_instead_of_its_param(tiny_data):
+    weights = tiny_data.parent / 'model.bin'
+    weights.write_bytes(b'\0' * 16)
+    code, _, err = run('test.py', '--data', tiny_data, '--weights', weights, '--backend', 'ncnn',
+                       '--img', tiny_data.parent / 'images')
+    assert_one_error_line(code, err, weights, 'give the .param beside it (model.param)')
 
 
 def test_leyolo_weights_with_a_yolo_fastestv2_data_file_name_the_keys_to_set(tiny_data):

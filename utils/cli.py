@@ -46,6 +46,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1] (score and IoU thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got "{text}"') from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {value:g}')
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

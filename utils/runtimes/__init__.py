@@ -39,9 +39,14 @@ def check_weights_suffix(backend: str, weights: Path) -> None:
     suffix = weights.suffix.lower()
     expected = EXPORT_SUFFIXES.get(backend)
     if expected is not None and suffix != expected:
+        if suffix == '.bin' and backend == 'ncnn':
+            fix = f'give the .param beside it ({weights.with_suffix(".param").name})'
+        elif suffix in ('.pt', '.pth') or suffix in EXPORT_SUFFIXES.values():
+            fix = f'the {backend_for(weights)} backend reads this one'
+        else:
+            fix = 'pytorch2onnx.py writes the exported files'
         raise ConfigError(f'{weights}: the {backend} backend reads a {expected} file (made by pytorch2onnx.py), '
-                          f'not {suffix or "a file without extension"}; the {backend_for(weights)} backend '
-                          f'reads this one')
+                          f'not {suffix or "a file without extension"}; {fix}')
     if expected is None and suffix in EXPORT_SUFFIXES.values():
         raise ConfigError(f'{weights}: the {backend} backend reads a .pth checkpoint, not a {suffix} export; '
                           f'the {backend_for(weights)} backend reads this one')
