@@ -24,6 +24,9 @@ from model.architectures import ARCHITECTURES
 from utils.errors import ConfigError
 
 HEADS = ('anchor', 'leyolo')  # anchor: Yolo-FastestV2's obj/cls/reg head; leyolo: LeYOLO's anchor-free DFL head
+OPTIMIZERS = ('sgd', 'adamw')
+# how the anchor head's loss picks the anchors that learn each box (utils/loss/); the leyolo head always uses 'tal'
+ASSIGNERS = ('yolov5', 'atss', 'simota', 'tal')
 # keys only the leyolo head's loss reads: an error with another head rather than silently unused
 LEYOLO_LOSS_KEYS = ('leyolo_box_gain', 'leyolo_cls_gain', 'leyolo_dfl_gain', 'leyolo_max_grad_norm', 'tal_topk',
                     'tal_alpha', 'tal_beta')
@@ -51,8 +54,9 @@ class Config:
     steps: tuple = (150, 250)             # epochs at which the learning rate is multiplied by 0.1
     batch_size: int = 64
     subdivisions: int = 1                 # gradient accumulation: one optimizer step per `subdivisions` batches
+    optimizer: str = 'sgd'                # one of OPTIMIZERS
     learning_rate: float = 0.001
-    momentum: float = 0.937
+    momentum: float = 0.937               # SGD's momentum; AdamW's beta1
     weight_decay: float = 0.0005          # not applied to BatchNorm weights and biases
     warmup_epochs: float = 3.0
     ema: bool = True                      # keep an exponential moving average of the weights for eval and export
@@ -67,6 +71,14 @@ class Config:
     height: int = 352
     anchor_num: int = 3
     anchors: tuple = ()                   # w,h pairs in input pixels, smallest scale first
+    assigner: str = 'yolov5'              # one of ASSIGNERS
+    # knowledge distillation (utils/train/distill.py): without teacher_weights nothing changes
+    teacher_weights: Path | None = None   # the teacher: our checkpoint, LeYOLONano.pt or a released .pth
+    teacher_model: str = ''               # the teacher's keys where its weights file does not carry them
+    teacher_head: str = ''
+    teacher_width: int = 0                # 0: the student's width / height
+    teacher_height: int = 0
+    distill_gain: float = 1.0             # weight of the distillation loss against the detection loss
     # [data-configure]
     train: Path | None = None             # list file of image paths, or a folder of images
     val: Path | None = None
@@ -115,7 +127,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ('data_path', 'class_names', 'lines')}
-_PATH_KEYS = {'pre_weights', 'backbone_weights', 'train', 'val', 'names', 'backup'}
+_PATH_KEYS = {'pre_weights', 'backbone_weights', 'teacher_weights', 'train', 'val', 'names', 'backup'}
 _TRUE, _FALSE = {'1', 'true', 'yes', 'on'}, {'0', 'false', 'no', 'off'}
 
 
@@ -233,7 +245,7 @@ def load_config(path, **overrides) -> Config:
     kwargs = {}
     for key, raw in values.items():
         where = f'{path}:{lines[key]}'
-        if raw == '' and key not in ('pre_weights', 'backbone_weights', 'backup'):
+        if raw == '' and key not in ('pre_weights', 'backbone_weights', 'teacher_weights', 'backup'):
             raise ConfigError(f'{where}: key "{key}" has no value')
         if key in _PATH_KEYS:
             kwargs[key] = None if raw in ('', 'None', 'none', "''", '""') else _resolve_path(raw, base)
@@ -258,6 +270,12 @@ def _check(cfg: Config, given: dict) -> None:
              + f'; known: {", ".join(ARCHITECTURES)}')
     if cfg.head not in HEADS:
         fail('head', f'unknown head "{cfg.head}"; known: {", ".join(HEADS)}')
+    if cfg.optimizer not in OPTIMIZERS:
+        fail('optimizer', f'unknown optimizer "{cfg.optimizer}"; known: {", ".join(OPTIMIZERS)}')
+    if cfg.assigner not in ASSIGNERS:
+        fail('assigner', f'unknown assigner "{cfg.assigner}"; known: {", ".join(ASSIGNERS)}')
+    if cfg.head == 'leyolo' and cfg.assigner != 'tal' and 'assigner' in given:
+        fail('assigner', f'the leyolo head always uses the "tal" assigner, got "{cfg.assigner}"')
     for key in ('classes', 'width', 'height', 'anchor_num', 'epochs', 'batch_size', 'subdivisions', 'eval_interval'):
         if getattr(cfg, key) <= 0:
             fail(key, f'must be positive, got {getattr(cfg, key)}')
@@ -292,7 +310,7 @@ def _check(cfg: Config, given: dict) -> None:
         p = getattr(cfg, key)
         if not p.exists():
             fail(key, f'list file or image folder not found: {p}')
-    for key in ('pre_weights', 'backbone_weights'):
+    for key in ('pre_weights', 'backbone_weights', 'teacher_weights'):
         p = getattr(cfg, key)
         if p is not None and not p.is_file():
             fail(key, f'weights file not found: {p}')

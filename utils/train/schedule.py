@@ -41,6 +41,14 @@ def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             dict(params=biases, weight_decay=0.0, name='bias')]
 
 
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """The .data's `optimizer` over `optimizer_groups`: Nesterov SGD, or AdamW with beta1 = momentum."""
+    groups = optimizer_groups(model, cfg.weight_decay)
+    if cfg.optimizer == 'adamw':
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=True)
+
+
 def warmup_steps_for(cfg, steps_per_epoch: int) -> int:
     if cfg.warmup_epochs <= 0:
         return 0
@@ -53,12 +61,17 @@ def set_learning_rate(optimizer, cfg, epoch: int, step: int, warmup_steps: int,
     bias_lr_factor: biases start warmup at this multiple of learning_rate (0 when starting from trained weights)."""
     lr = cfg.learning_rate * 0.1 ** sum(epoch >= s for s in cfg.steps)
     for group in optimizer.param_groups:
-        group['lr'], group['momentum'] = lr, cfg.momentum
+        momentum = cfg.momentum
+        group['lr'] = lr
         if step < warmup_steps:
             progress = step / warmup_steps
             start = cfg.learning_rate * bias_lr_factor if group['name'] == 'bias' else 0.0
             group['lr'] = start + (lr - start) * progress
-            group['momentum'] = WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * progress
+            momentum = WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * progress
+        if 'betas' in group:   # AdamW: momentum is beta1
+            group['betas'] = (momentum, group['betas'][1])
+        else:
+            group['momentum'] = momentum
     return optimizer.param_groups[0]['lr']
 
 

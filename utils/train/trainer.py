@@ -1,4 +1,4 @@
-"""The training loop: SGD with warmup and step decay, gradient accumulation, EMA, AMP, checkpoints, resume, DDP.
+"""The training loop: SGD or AdamW, warmup and step decay, gradient accumulation, EMA, AMP, checkpoints, resume, DDP.
 
 One run, in stages (YOLOX's Trainer is the model):
     Trainer.__init__   set-up: model, optimizer, EMA, loss, the checkpoint to resume from, DDP, data loader,
@@ -45,8 +45,8 @@ from utils.train.ema import ModelEMA
 from utils.train.results_log import append_results, drop_results_after
 from utils.train.schedule import (
     WARMUP_BIAS_LR_FACTOR,
+    build_optimizer,
     epoch_indices,
-    optimizer_groups,
     set_learning_rate,
     warmup_steps_for,
 )
@@ -117,8 +117,7 @@ class Trainer:
         self.model = self._build_model(load_pretrained=checkpoint is None)
         # A trained head's biases need no head start; a 10x bias lr is what wrecks it in the first steps.
         self.bias_lr_factor = 0.0 if (options.weights or cfg.pre_weights) else WARMUP_BIAS_LR_FACTOR
-        self.optimizer = torch.optim.SGD(optimizer_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
-                                         momentum=cfg.momentum, nesterov=True)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.amp = self.device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
         self.ema = ModelEMA(self.model) if (cfg.ema and self.main) else None
