@@ -73,6 +73,8 @@ def check_reference_can_read(cfg, reference_dir: Path) -> list[str]:
         problems.append(f'{cfg.where("model")}: the reference trains yolo-fastestv2 with the anchor head only')
     if len(cfg.anchors) != 2 * 2 * cfg.anchor_num:
         problems.append(f'{cfg.where("anchors")}: the reference needs 2 scales x anchor_num anchors')
+    if cfg.names is None:
+        problems.append(f'{cfg.data_path}: the reference reads a .names file; give a .data file, not a data.yaml')
     for key in ('train', 'val'):
         path = getattr(cfg, key)
         if path is None or not path.is_file():

@@ -123,6 +123,13 @@ def test_each_mistake_gets_one_clear_error(tmp_path, edit, pattern):
     assert re.search(pattern, message), message
 
 
+def test_splits_false_needs_no_dataset(tmp_path):
+    """To run a model only (test.py): the train and val lists need not exist; without splits=False they must."""
+    path = write_dataset(tmp_path, YFV2.replace('train=train.txt', 'train=gone.txt'))
+    assert load_config(path, splits=False).train == tmp_path / 'gone.txt'
+    assert re.search(r'x\.data:20: key "train": list file or image folder not found', error_of(path))
+
+
 def test_missing_file_and_binary_file(tmp_path):
     assert 'not found' in error_of(tmp_path / 'nope.data')
     (tmp_path / 'bin.data').write_bytes(b'\x89PNG\r\n\x1a\n\xff\xfe\x00')

@@ -1,15 +1,18 @@
 """The .data file -> a typed `Config`.
 
-Two dialects load through the same parser:
+Three dialects load into the same `Config`:
 
 * Yolo-FastestV2's INI file: sections `[name]`, `[train-configure]`, `[model-configure]`,
   `[data-configure]`. Sections only group keys for the reader; every key is looked up by name alone,
   so forks that add sections still load.
 * Darknet's plain file (no sections): `classes`, `train`, `valid`, `names`, `backup`, plus Darknet keys we
   accept and ignore (`eval`, `map`, `gpus`, ...).
+* Ultralytics' and Roboflow's dataset YAML (`data.yaml`, read by utils/data_yaml.py): its dataset keys give
+  `train`, `val`, `classes` and the class names; our own keys may be written into it (`width: 320`).
 
 Every error is a `ConfigError` whose message starts with `file:line:` and names the key, so a user can jump to it.
-Of the project it imports only utils/errors.py and the torch-free table of model names, model/architectures.py.
+Of the project it imports only utils/errors.py, utils/data_yaml.py and the torch-free table of model names,
+model/architectures.py.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import dataclasses
 import difflib
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.architectures import ARCHITECTURES
+from utils.data_yaml import is_data_yaml, read_data_yaml
 from utils.errors import ConfigError
 
 HEADS = ('anchor', 'leyolo')  # anchor: Yolo-FastestV2's obj/cls/reg head; leyolo: LeYOLO's anchor-free DFL head
@@ -46,7 +51,7 @@ ALIASES = {'valid': 'val', 'labels': 'names'}
 @dataclass
 class Config:
     """Everything a script needs, typed and defaulted. Field names are the .data keys."""
-    data_path: Path                       # the .data file itself; relative paths inside it resolve against its folder
+    data_path: Path                       # the .data file or data.yaml; relative paths in it resolve against its folder
     # [name]
     model_name: str = 'model'             # names the output folder weights/<model_name>/
     # [train-configure]
@@ -82,7 +87,7 @@ class Config:
     # [data-configure]
     train: Path | None = None             # list file of image paths, or a folder of images
     val: Path | None = None
-    names: Path | None = None
+    names: Path | None = None             # the .names file; None for a data.yaml, which lists the names itself
     backup: Path | None = None            # Darknet's output folder; used as the default output folder if given
     letterbox: bool = False               # keep aspect ratio with padding (True) or stretch to width x height (False)
     strict_labels: bool = False           # a bad label line or unreadable image is an error, not a skipped image
@@ -179,8 +184,12 @@ def _strip_comment(value: str, is_path: bool) -> str:
 
 
 def read_data_file(path: Path) -> tuple[dict, dict]:
-    """Read `key = value` lines. Returns ({key: raw value}, {key: line number}); raises on malformed lines."""
+    """Read `key = value` lines. Returns ({key: raw value}, {key: line number}); raises on malformed lines.
+    A data.yaml gives the same, its `train` and `val` resolved and its class count as `classes`."""
     path = Path(path)
+    if is_data_yaml(path):
+        values, lines, _ = _read_yaml(path, say_unused=False)
+        return values, lines
     if not path.is_file():
         raise ConfigError(f'{path}: .data file not found')
     try:
@@ -215,6 +224,28 @@ def read_data_file(path: Path) -> tuple[dict, dict]:
     return values, lines
 
 
+def _read_yaml(path: Path, say_unused: bool = True, splits: bool = True) -> tuple[dict, dict, tuple]:
+    """A data.yaml's ({key: raw value}, {key: line number}, class names). Of its other keys, ours are read as in a
+    .data file, a misspelling of one is an error, and the rest (other tools' keys) are ignored, said in one line."""
+    data = read_data_yaml(path, splits)
+    values, unused = {}, list(data.unused)
+    for key, raw in data.values.items():
+        if key in _FIELDS:
+            values[key] = raw
+        elif _nearest_key(key):
+            raise ConfigError(f'{path}:{data.lines[key]}: unknown key "{key}" (did you mean "{_nearest_key(key)}"?)')
+        else:
+            unused.append(key)
+    if unused and say_unused:
+        print(f'{path}: not used by tinydet, ignored: {", ".join(unused)}', file=sys.stderr, flush=True)
+    values.update(train=str(data.train), val=str(data.val))
+    lines = dict(data.lines)
+    if 'classes' not in values:   # nc or names give it; a `classes` key of ours must agree with them
+        values['classes'] = str(len(data.class_names))
+        lines['classes'] = lines.get('nc', lines.get('names'))
+    return values, lines, data.class_names
+
+
 def _nearest_key(key: str) -> str | None:
     """The known key a misspelt one most likely means: the same with '-' for '_' (`batch-size`), a known key or
     alias with something appended (`val_list`, `train-file`, `names_file`: the longest such wins), else the
@@ -237,10 +268,16 @@ def read_names(path: Path) -> tuple:
     return tuple(line.strip() for line in path.read_text(encoding='utf-8-sig').splitlines() if line.strip())
 
 
-def load_config(path, **overrides) -> Config:
-    """Parse and check a .data file. `overrides` (e.g. epochs=5 from the command line) win over the file."""
+def load_config(path, splits: bool = True, **overrides) -> Config:
+    """Parse and check a .data file or a data.yaml. `overrides` (e.g. epochs=5 from the command line) win over
+    the file. splits=False: to run a model only (test.py, tinydet.load), so the train and val lists need not
+    exist."""
     path = Path(path)
-    values, lines = read_data_file(path)
+    class_names = ()
+    if is_data_yaml(path):
+        values, lines, class_names = _read_yaml(path, splits=splits)
+    else:
+        values, lines = read_data_file(path)
     base = path.resolve().parent
     kwargs = {}
     for key, raw in values.items():
@@ -252,16 +289,16 @@ def load_config(path, **overrides) -> Config:
         else:
             kwargs[key] = _convert(key, raw, where)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = Config(data_path=path, lines=lines, **kwargs)
-    _check(cfg, values)
+    cfg = Config(data_path=path, lines=lines, class_names=class_names, **kwargs)
+    _check(cfg, values, splits)
     return cfg
 
 
-def _check(cfg: Config, given: dict) -> None:
+def _check(cfg: Config, given: dict, splits: bool) -> None:
     def fail(key, message):
         raise ConfigError(f'{cfg.where(key)}: key "{key}": {message}')
 
-    for key in ('classes', 'train', 'val', 'names'):
+    for key in ('classes', 'train', 'val') + (() if cfg.class_names else ('names',)):
         if key not in given:
             raise ConfigError(f'{cfg.data_path}: required key "{key}" is missing')
     if cfg.model not in ARCHITECTURES:
@@ -306,7 +343,7 @@ def _check(cfg: Config, given: dict) -> None:
         if len(cfg.anchors) != expected:
             fail('anchors', f'{cfg.model} has {len(cfg.strides)} scales x anchor_num {cfg.anchor_num} x 2 = '
                             f'{expected} numbers, got {len(cfg.anchors)}')
-    for key in ('train', 'val'):
+    for key in ('train', 'val') if splits else ():
         p = getattr(cfg, key)
         if not p.exists():
             fail(key, f'list file or image folder not found: {p}')
@@ -314,9 +351,11 @@ def _check(cfg: Config, given: dict) -> None:
         p = getattr(cfg, key)
         if p is not None and not p.is_file():
             fail(key, f'weights file not found: {p}')
-    try:
-        cfg.class_names = read_names(cfg.names)
-    except ConfigError as error:
-        fail('names', str(error))
+    if cfg.names is not None:
+        try:
+            cfg.class_names = read_names(cfg.names)
+        except ConfigError as error:
+            fail('names', str(error))
     if len(cfg.class_names) != cfg.classes:
-        fail('classes', f'classes = {cfg.classes} but {cfg.names} lists {len(cfg.class_names)} names')
+        fail('classes', f'classes = {cfg.classes} but {cfg.names or cfg.where("names")} lists '
+                        f'{len(cfg.class_names)} names')
