@@ -1,10 +1,14 @@
-"""k-means anchors: IoU, optimality against exhaustive search, coco128 figures, anchors{k}.txt, genanchors CLI."""
+"""k-means anchors: IoU, optimality against exhaustive search, coco128 figures, anchors{k}.txt, genanchors CLI
+(--plots included)."""
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import REPO, shared_path
 
 import genanchors
 from utils.boxes import wh_iou
@@ -154,3 +158,26 @@ def test_update_data_file_appends_when_there_is_no_anchor_num(tmp_path):
     path.write_text('classes=2\ntrain=a.txt')   # no final newline
     update_data_file(path, np.array([[1.234, 2], [3, 4]]))
     assert path.read_text() == 'classes=2\ntrain=a.txt\nanchors=1.23,2.00, 3.00,4.00\n'
+
+
+def test_plots_draws_labels_and_the_first_batch_with_both_anchor_sets(tmp_path):
+    images = shared_path('datasets/coco128/images/train2017')
+    data = tmp_path / 'coco128.data'
+    data.write_text(f'[train-configure]\nbatch_size=8\n[model-configure]\nclasses=80\nwidth=320\nheight=256\n'
+                    f'anchor_num=3\nanchors=10,13, 16,30, 33,23, 30,61, 62,45, 59,119\n[data-configure]\n'
+                    f'train={images}\nval={images}\nnames={REPO / "data" / "coco.names"}\n')
+    before = data.read_bytes()
+    done = subprocess.run([sys.executable, str(REPO / 'genanchors.py'), '--data', str(data), '--plots',
+                           str(tmp_path / 'plots'), '--output_dir', str(tmp_path), '--restarts', '2'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f'training data drawn: {tmp_path / "plots" / "labels.png"}, {tmp_path / "plots" / "batch0.jpg"}' \
+        in done.stdout
+    assert '  warning: classes with no boxes: 9 of 80: ' in done.stdout   # the split's check, as train.py prints it
+    assert cv2.imread(str(tmp_path / 'plots' / 'labels.png')).shape == (900, 1200, 3)
+    # batch_size 8: a 3 x 3 grid with 8 tiles of 320 x 256, 4 px apart
+    assert cv2.imread(str(tmp_path / 'plots' / 'batch0.jpg')).shape == (3 * 256 + 8, 3 * 320 + 8, 3)
+    assert (tmp_path / 'anchors6.txt').is_file() and data.read_bytes() == before   # no --update: .data unchanged
+    refused = subprocess.run([sys.executable, str(REPO / 'genanchors.py'), '--traintxt', str(images), '--plots',
+                              str(tmp_path / 'p2')], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and '--plots needs --data' in refused.stderr

@@ -174,6 +174,98 @@ def test_load_split_reads_the_data_file_and_strict_labels(tmp_path):
         load_split(cfg, 'train')
 
 
+# --------------------------------------------------------------------------------------------------------- warnings
+
+def labelled_set(folder: Path, label_texts: list) -> Path:
+    """Images 0.jpg, 1.jpg, ... with the label file text given for each beside it (None: no label file)."""
+    images = []
+    for i, text in enumerate(label_texts):
+        images.append(make_image(folder / f'{i}.jpg'))
+        if text is not None:
+            write(folder / f'{i}.txt', text)
+    return write_list(folder / 'train.txt', images)
+
+
+def test_a_class_without_boxes_is_named(tmp_path, capsys):
+    listing = labelled_set(tmp_path, ['0 0.5 0.5 0.2 0.2\n', '2 0.5 0.5 0.3 0.3\n0 0.2 0.2 0.1 0.1\n'])
+    split = check_split(listing, classes=4, class_names=('cat', 'dog', 'bird', 'fish'))
+    assert split.warnings == ['classes with no boxes: 2 of 4: 1 "dog", 3 "fish"']
+    assert '\n  warning: classes with no boxes: 2 of 4: 1 "dog", 3 "fish"\n' in capsys.readouterr().out
+    assert check_split(listing, classes=3).warnings == ['classes with no boxes: 1 of 3: 1']   # no names: numbers
+    assert check_split(listing, classes=None).warnings == []   # genanchors without a .data: no class count
+
+
+def test_boxes_smaller_than_2x2_input_pixels_are_counted_with_an_example(tmp_path):
+    # at 352 x 352: 1.76 x 1.41 px is tiny; 1.76 x 176 px (thin, not small) and 2.11 x 1.41 px are not
+    listing = labelled_set(tmp_path, ['0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.005 0.5\n',
+                                      '0 0.5 0.5 0.006 0.004\n0 0.2 0.2 0.005 0.004\n0 0.5 0.5 0.005 0.004\n'])
+    split = check_split(listing, classes=1, input_size=(352, 352))
+    assert split.warnings == [f'boxes smaller than 2x2 px at the 352x352 input: 2 of 5, e.g. {tmp_path / "1.txt"}: '
+                              f'1.76x1.41 px']
+    assert check_split(listing, classes=1, input_size=(704, 704)).warnings == []   # 3.5 x 2.8 px at 704
+    assert check_split(listing, classes=1).warnings == []                          # no input size, no count
+
+
+def test_more_than_30_percent_backgrounds_say_how_many_lack_a_label_file(tmp_path):
+    box = '0 0.5 0.5 0.2 0.2\n'
+    split = check_split(labelled_set(tmp_path / 'a', [box] * 3 + [None] * 4 + [''] * 3), classes=1)
+    assert split.warnings == [f'background images (no boxes): 7 of 10 (70%, more than 30%); 4 have no label file '
+                              f'(looked for in the mirror "labels" folder, then beside the image), e.g. '
+                              f'{tmp_path / "a" / "3.jpg"}']
+    split = check_split(labelled_set(tmp_path / 'b', [box] * 3 + ['\n'] * 2), classes=1)
+    assert split.warnings == [f'background images (no boxes): 2 of 5 (40%, more than 30%); all have a label file, '
+                              f'e.g. {tmp_path / "b" / "3.txt"} is empty']
+    assert check_split(labelled_set(tmp_path / 'c', [box] * 7 + [None] * 3), classes=1).warnings == []   # 30 %
+
+
+def test_label_files_whose_every_box_lies_outside_the_image_are_counted(tmp_path, capsys):
+    # pixel coordinates instead of normalised ones: every box lies beyond 0..1 (the first field is the class)
+    listing = labelled_set(tmp_path, ['0 0.5 0.5 0.2 0.2\n1 0.2 0.2 0.1 0.1\n', '0 320 240 50 60\n\n1 100.5 80 20 20\n',
+                                      '1 -0.3 0.5 0.2 0.2\n', '0 0.5 0.5 0.2 0.2\n0 1.4 0.5 0.2 0.2\n'])
+    split = check_split(listing, classes=2)
+    assert split.image_paths == [tmp_path / '0.jpg']
+    assert split.left_out[:2] == [
+        f'{tmp_path / "1.txt"}:1: every box lies outside the image (coordinates beyond 0..1: pixels, not '
+        f'normalised?): "0 320 240 50 60"',
+        f'{tmp_path / "2.txt"}:1: every box lies outside the image (coordinates beyond 0..1: pixels, not '
+        f'normalised?): "1 -0.3 0.5 0.2 0.2"']
+    assert 'centre must be in [0, 1]' in split.left_out[2]   # one box outside among good ones: a plain bad line
+    assert split.warnings == [f'label files with every box outside the image (coordinates beyond 0..1: pixels, not '
+                              f'normalised?): 2, their images left out, e.g. {tmp_path / "1.txt"}:1']
+    assert capsys.readouterr().out.count('\n  warning: ') == 1
+
+
+def test_a_clean_split_warns_of_nothing(tmp_path, capsys):
+    listing = labelled_set(tmp_path, ['0 0.5 0.5 0.2 0.2\n1 0.99 0.01 0.02 0.02\n', '1 0.5 0.5 0.9 0.9\n', '',
+                                      '0 0.5 0.5 0.006 0.5\n'])   # a box 2.1 x 176 px, one 7 x 7 px, 25 % backgrounds
+    split = check_split(listing, classes=2, class_names=('a', 'b'), input_size=(352, 352))
+    assert (split.num_backgrounds, split.warnings) == (1, [])
+    assert 'warning' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('split_name', ['train2017', 'val2017'])
+def test_coco128_warnings_are_the_ones_its_labels_call_for(tmp_path, split_name, repo):
+    # Independently, with numpy: the classes without a box, the boxes under 2 x 2 px at 352 x 352.
+    images_folder = shared_path(f'datasets/coco128/images/{split_name}')
+    labels = [np.loadtxt(p, ndmin=2).reshape(-1, 5) for p in sorted(
+        (images_folder.parents[1] / 'labels' / split_name).glob('*.txt')) if (images_folder / f'{p.stem}.jpg').exists()]
+    boxes = np.concatenate(labels)
+    names = (repo / 'data' / 'coco.names').read_text().splitlines()
+    empty = sorted(set(range(80)) - set(boxes[:, 0].astype(int)))
+    tiny = int(((boxes[:, 3] * 352 < 2) & (boxes[:, 4] * 352 < 2)).sum())
+    data = write(tmp_path / 'coco128.data', f'classes=80\nwidth=352\nheight=352\ntrain={images_folder}\n'
+                                            f'valid={images_folder}\nnames={repo / "data" / "coco.names"}\n')
+    split = load_split(load_config(data), 'train', verbose=False)
+    # coco128 lacks some COCO classes; train2017 holds one box of 1.0 x 1.6 px at 352; under 2 % are backgrounds
+    # and no label file lies outside its image, so those two stay silent.
+    assert (len(empty), tiny) == ((9, 1) if split_name == 'train2017' else (7, 0))
+    expected = [f'classes with no boxes: {len(empty)} of 80: ' + ', '.join(f'{c} "{names[c]}"' for c in empty)]
+    assert split.warnings[0] == expected[0]
+    assert len(split.warnings) == 1 + (tiny > 0)
+    if tiny:
+        assert split.warnings[1].startswith(f'boxes smaller than 2x2 px at the 352x352 input: {tiny} of {len(boxes)}')
+
+
 # ------------------------------------------------------------------------------------------------------------ cache
 
 def test_cache_is_reused_and_a_changed_label_file_is_checked_again(tmp_path, capsys, split_cache):

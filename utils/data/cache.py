@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 2   # raised whenever the checks change: a cache made by other checks is not reused
+CACHE_VERSION = 3   # raised whenever the checks change: a cache made by other checks is not reused
 
 
 def cache_folder() -> Path:

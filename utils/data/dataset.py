@@ -10,7 +10,7 @@ one, means a background image (no objects).
 
 An image whose label file breaks a rule, or that is missing, not an image or cut short, is left out of the split
 and reported with `file[:line]` and the rule; `strict_labels = 1` in the .data turns any such problem into a
-`DatasetError`.
+`DatasetError`. The summary also warns about what usually means a labelling mistake (utils/data/summary.py).
 
 Checking images without decoding them: decoding every image would make the first load of a COCO-sized split (118k
 images) take many minutes. Instead the check reads a file's first bytes (the signature of a JPEG, PNG, BMP, TIFF,
@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from utils.data.cache import cache_path_for, read_cache, write_cache
+from utils.data.summary import ALL_OUTSIDE_RULE, boxes_outside, label_warnings
 from utils.errors import DatasetError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.pbm', '.pgm', '.ppm',
@@ -50,6 +51,7 @@ class Split:
     image_paths: list              # Path of each usable image
     labels: list                   # per image: float32 (n, 5) [class, cx, cy, w, h], normalised; (0, 5) = background
     left_out: list = field(default_factory=list)   # 'file[:line]: reason' for each image left out
+    warnings: list = field(default_factory=list)   # likely labelling mistakes, one line each (utils/data/summary.py)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -69,6 +71,8 @@ class Split:
             text += f'\n  left out: {reason}'
         if len(self.left_out) > REASONS_SHOWN:
             text += f'\n  ... and {len(self.left_out) - REASONS_SHOWN} more'
+        for warning in self.warnings:
+            text += f'\n  warning: {warning}'
         return text
 
 
@@ -247,11 +251,15 @@ def parse_labels(text: str, classes: int | None) -> tuple[np.ndarray, str | None
         return _no_labels(), None
     labels = np.array(rows, dtype=np.float64)
     cls, centres, sizes = labels[:, 0], labels[:, 1:3], labels[:, 3:5]
+    # a file whose every box misses the image holds other units (pixels): say so, rather than which number
+    # broke a rule first
+    all_outside = np.isfinite(labels).all() and boxes_outside(labels[:, 1:], COORD_TOLERANCE).all()
     rules = [
         (~np.isfinite(labels).all(1), 'values must be finite (got nan or inf)'),
         (cls != np.round(cls), 'class must be an integer'),
         ((cls < 0) | (cls >= classes) if classes is not None else np.zeros(len(cls), bool),
          f'class must be in [0, {classes}) (classes = {classes} in the .data)'),
+        (np.full(len(cls), all_outside), f'{ALL_OUTSIDE_RULE} (coordinates beyond 0..1: pixels, not normalised?)'),
         (((sizes <= 0) | (sizes > 1 + COORD_TOLERANCE)).any(1), 'width and height must be in (0, 1]'),
         (((centres < -COORD_TOLERANCE) | (centres > 1 + COORD_TOLERANCE)).any(1), 'centre must be in [0, 1]'),
     ]
@@ -314,16 +322,20 @@ def _signature(image_path: str) -> tuple[str | None, tuple]:
 # ------------------------------------------------------------------------------------------------------------ split
 
 def check_split(source: Path, classes: int | None, strict: bool = False, name: str = 'split',
-                use_cache: bool = True, verbose: bool = True) -> Split:
-    """List, check (or take from the cache) and report the images of one split."""
+                use_cache: bool = True, verbose: bool = True, class_names=(), input_size: tuple | None = None
+                ) -> Split:
+    """List, check (or take from the cache) and report the images of one split. `class_names` and `input_size`
+    (width, height) make the warnings (utils/data/summary.py) name empty classes and count tiny boxes."""
     source = Path(source)
     image_paths = list_images(source)
     cache_file = cache_path_for(source)
     cached = read_cache(cache_file, classes) if use_cache else {}
     entries, reused = [], 0   # entries: (image path, signature, labels, problem or None)
+    label_paths = []          # per entry: its label file, None for none
     for image_path in image_paths:
         path_text = str(image_path)
         label_path, signature = _signature(path_text)
+        label_paths.append(label_path)
         hit = cached.get(path_text)
         if hit is not None and hit[0] == signature:
             labels, problem = hit[1], hit[2]
@@ -338,8 +350,11 @@ def check_split(source: Path, classes: int | None, strict: bool = False, name: s
     elif use_cache:
         cache_note = f'all {reused} from cache {cache_file}'
 
-    split = Split(name, source, [e[0] for e in entries if e[3] is None], [e[2] for e in entries if e[3] is None],
+    kept = [i for i, e in enumerate(entries) if e[3] is None]
+    split = Split(name, source, [entries[i][0] for i in kept], [entries[i][2] for i in kept],
                   [e[3] for e in entries if e[3] is not None])
+    split.warnings = label_warnings(split.image_paths, [label_paths[i] for i in kept], split.labels,
+                                    split.left_out, classes, class_names, input_size)
     if verbose:
         print(split.summary() + (f'\n  {cache_note}' if cache_note else ''), flush=True)
     # one line each: the summary printed above lists the other problems
@@ -358,6 +373,7 @@ def load_split(cfg, which: str, verbose: bool = True) -> Split:
         raise ValueError(f'split must be "train" or "val", got "{which}"')
     source = getattr(cfg, which)
     try:
-        return check_split(source, cfg.classes, cfg.strict_labels, which, verbose=verbose)
+        return check_split(source, cfg.classes, cfg.strict_labels, which, verbose=verbose,
+                           class_names=cfg.class_names, input_size=(cfg.width, cfg.height))
     except DatasetError as error:
         raise DatasetError(f'{error} (split "{which}" of {cfg.where(which)})') from None
