@@ -13,14 +13,10 @@ when all digits; category_id = 0-based class; bbox [x, y, w, h] in original pixe
 import argparse
 import sys
 
-import torch
-
+import tinydet
 from utils.cli import non_negative_int, positive_int, probability, run
-from utils.config import load_config
 from utils.data.eval_data import RECT_BATCH_SIZE
-from utils.errors import ConfigError
-from utils.evaluator import evaluate
-from utils.runtimes import BACKENDS, backend_for, load_runtime
+from utils.runtimes import BACKENDS, backend_for
 
 
 def parse_args(argv=None):
@@ -61,19 +57,10 @@ def main(argv=None) -> int:
     if args.backend is None:
         args.backend = backend_for(args.weights)
         print(f'backend {args.backend} (from the file type of {args.weights}; --backend to choose another)')
-    if args.batch_size is None:
-        args.batch_size = RECT_BATCH_SIZE if args.rect else 16
-    if args.rect and args.backend != 'torch':   # checked before anything is loaded
-        raise ConfigError(f'--rect changes the input shape from batch to batch; the {args.backend} backend runs a '
-                          f'graph with a fixed input shape: use --backend torch with the .pth, or leave out --rect')
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.data)
-    runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
-    result = evaluate(runtime, cfg, split=args.split, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                      pr_conf=args.pr_conf, batch_size=args.batch_size, workers=args.workers,
-                      save_json=args.save_json, plots_dir=args.plots, verbose_split=True, rect=args.rect,
-                      multi_label=args.multi_label)
+    result = tinydet.evaluate(args.data, args.weights, backend=args.backend, split=args.split, conf=args.conf,
+                              iou=args.iou, max_det=args.max_det, pr_conf=args.pr_conf, batch_size=args.batch_size,
+                              rect=args.rect, multi_label=args.multi_label, workers=args.workers,
+                              threads=args.threads, save_json=args.save_json, plots=args.plots)
     print(result.summary(per_class=not args.no_per_class))
     if args.save_json:
         print(f'COCO results written to {args.save_json}')

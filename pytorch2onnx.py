@@ -7,22 +7,13 @@ then prints max and mean |diff| of each output for onnxruntime, OpenCV DNN and N
 the detections are the same. Exits non-zero when a check fails. Input size, classes and anchors come from the .data.
 """
 import argparse
-import dataclasses
 import sys
 
-import cv2
-import numpy as np
 import torch
 
-from model.build import build_model
-from model.weights import load_weights
+import tinydet
 from utils.cli import positive_int, probability, run
-from utils.config import load_config
-from utils.data.dataset import list_images, read_image
-from utils.errors import ConfigError, UserError
-from utils.export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, export_all
-from utils.export.check import check_export
-from utils.preprocess import resize_image, to_input_tensor
+from utils.export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU
 
 
 def parse_args(argv=None):
@@ -53,58 +44,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def generated_image(width: int = 640, height: int = 480) -> np.ndarray:
-    """A fixed synthetic scene (gradient, shapes, noise) for when no real image is at hand."""
-    rng = np.random.default_rng(0)
-    image = np.zeros((height, width, 3), np.uint8)
-    image[:] = np.linspace(40, 200, width, dtype=np.uint8)[None, :, None]
-    for _ in range(12):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        cv2.rectangle(image, (x, y), (x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))), color, -1)
-    return cv2.add(image, rng.integers(0, 20, image.shape, dtype=np.uint8))
-
-
-def load_check_image(path, cfg) -> tuple[np.ndarray, str]:
-    """The --image, else the first image of the val split (when it can be read), else a generated scene."""
-    if path is not None:
-        return read_image(path), str(path)
-    try:
-        first = list_images(cfg.val)[0]
-        return read_image(first), str(first)
-    except UserError:   # a list file copied without its images, say: the check does not need the user's data
-        return generated_image(), 'a generated image'
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if (args.int8_all or args.fp16_kept) and not args.int8:
-        raise ConfigError('--int8-all and --fp16-kept choose how --int8 quantizes; add --int8')
-    if args.int8 and args.no_ncnn:
-        raise ConfigError('--int8 quantizes the NCNN model; it cannot go with --no-ncnn')
     torch.set_num_threads(1)
-    cfg = load_config(args.data)
-    # --weights replaces whatever the .data starts training from, so don't read those files first
-    model = build_model(dataclasses.replace(cfg, pre_weights=None, backbone_weights=None))
-    load_weights(model, args.weights)
-    image, image_name = load_check_image(args.image, cfg)
-    resized, _ = resize_image(image, cfg.width, cfg.height, cfg.letterbox)
-    batch = to_input_tensor([resized])
-
-    paths = export_all(model, cfg, args.output, opset=args.opset, simplify=not args.no_simplify,
-                       ncnn=not args.no_ncnn, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
-    for kind, path in paths.items():
-        print(f'wrote {kind:5s} {path}')
-    print(f'checking against PyTorch on {image_name} ({cfg.width}x{cfg.height}):')
-    report = check_export(model, paths, batch, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou)
-    print(report.text())
-    if not report.ok:
-        return 1
-    if args.int8:
-        from utils.int8.quantize import quantize_with_config
-        quantize_with_config(paths['param'], cfg, args.calib_images, method=args.calib_method,
-                             depthwise_fp32=not args.int8_all, ends_fp32=not args.int8_all,
-                             fp16_kept=args.fp16_kept)
+    tinydet.export(args.data, args.weights, args.output, opset=args.opset, simplify=not args.no_simplify,
+                   ncnn=not args.no_ncnn, image=args.image, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou,
+                   int8=args.int8, calib_images=args.calib_images, calib_method=args.calib_method,
+                   int8_all=args.int8_all, fp16_kept=args.fp16_kept)
     return 0
 
 

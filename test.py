@@ -13,17 +13,14 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-import torch
 
+import tinydet
 from utils.cli import non_negative_int, positive_int, probability, run
 from utils.config import load_config
 from utils.data.dataset import IMAGE_SUFFIXES, read_image
 from utils.draw import draw_detections
 from utils.errors import ConfigError, DatasetError
-from utils.postprocess import postprocess
-from utils.preprocess import boxes_to_original, resize_image, to_input_tensor
-from utils.runtimes import BACKENDS, backend_for, load_runtime
+from utils.runtimes import BACKENDS, backend_for
 
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.m4v', '.webm'}
 
@@ -45,52 +42,38 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def detect(runtime, image_bgr: np.ndarray, cfg, conf: float, iou: float, max_det: int) -> tuple[np.ndarray, dict]:
-    """One BGR image -> ((M, 6) [x1, y1, x2, y2, score, class] in original pixels, seconds per stage)."""
-    start = time.perf_counter()
-    resized, info = resize_image(image_bgr, cfg.width, cfg.height, cfg.letterbox)
-    batch = to_input_tensor([resized])
-    middle = time.perf_counter()
-    outputs = runtime(batch)
-    after_inference = time.perf_counter()
-    detections = postprocess(outputs, runtime.spec, conf, iou, max_det)[0]
-    detections[:, :4] = boxes_to_original(detections[:, :4], info)
-    end = time.perf_counter()
-    return detections, {'inference': after_inference - middle, 'post-process': end - after_inference,
-                        'resize': middle - start}
-
-
 def output_path(source: Path, out_dir: Path | None, suffix: str | None = None) -> Path:
     name = f'{source.stem}_det{suffix or source.suffix}'
     return (out_dir / name) if out_dir is not None else source.with_name(name)
 
 
-def print_detections(label: str, detections: np.ndarray, class_names: tuple, seconds: dict) -> None:
+def detect_and_print(detector, image, label: str, read_seconds: float):
+    """Detect, print one line per detection and the time of each stage; return the (M, 6) detections and those
+    times."""
+    detections, seconds = detector.detect(image)
+    seconds = {'pre-process': read_seconds + seconds.pop('resize'), **seconds}
     print(f'{label}: {len(detections)} detections')
-    for x1, y1, x2, y2, score, cls in detections.tolist():
-        name = class_names[int(cls)].replace(' ', '_') if int(cls) < len(class_names) else str(int(cls))
-        print(f'{name} {score:.4f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}')
+    for d in detector.as_detections(detections):
+        print(f'{d.class_name.replace(" ", "_")} {d.score:.4f} {d.x1:.1f} {d.y1:.1f} {d.x2:.1f} {d.y2:.1f}')
     print('time: ' + ', '.join(f'{stage} {1000 * s:.1f} ms' for stage, s in seconds.items()))
+    return detections, seconds
 
 
-def run_images(paths: list, runtime, cfg, args, out_dir: Path | None) -> list:
+def run_images(paths: list, detector, out_dir: Path | None) -> list:
     all_seconds = []
     for path in paths:
         start = time.perf_counter()
         image = read_image(path)
-        read_seconds = time.perf_counter() - start
-        detections, seconds = detect(runtime, image, cfg, args.conf, args.iou, args.max_det)
-        seconds = {'pre-process': read_seconds + seconds.pop('resize'), **seconds}
-        print_detections(str(path), detections, cfg.class_names, seconds)
+        detections, seconds = detect_and_print(detector, image, str(path), time.perf_counter() - start)
         target = output_path(path, out_dir)
-        if not cv2.imwrite(str(target), draw_detections(image, detections, cfg.class_names)):
+        if not cv2.imwrite(str(target), draw_detections(image, detections, detector.names)):
             raise ConfigError(f'{target}: cannot write the drawn result (is the folder writable? try --out)')
         print(f'drawn: {target}')
         all_seconds.append(seconds)
     return all_seconds
 
 
-def run_video(path: Path, runtime, cfg, args, out_dir: Path | None) -> list:
+def run_video(path: Path, detector, out_dir: Path | None) -> list:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DatasetError(f'{path}: OpenCV cannot open this video')
@@ -102,16 +85,14 @@ def run_video(path: Path, runtime, cfg, args, out_dir: Path | None) -> list:
         ok, frame = capture.read()
         if not ok:
             break
-        read_seconds = time.perf_counter() - start
-        detections, seconds = detect(runtime, frame, cfg, args.conf, args.iou, args.max_det)
-        seconds = {'pre-process': read_seconds + seconds.pop('resize'), **seconds}
-        print_detections(f'{path} frame {frame_index}', detections, cfg.class_names, seconds)
+        detections, seconds = detect_and_print(detector, frame, f'{path} frame {frame_index}',
+                                               time.perf_counter() - start)
         if writer is None:
             writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*'mp4v'), fps,
                                      (frame.shape[1], frame.shape[0]))
             if not writer.isOpened():
                 raise ConfigError(f'{target}: cannot write the drawn video (is the folder writable? try --out)')
-        writer.write(draw_detections(frame, detections, cfg.class_names))
+        writer.write(draw_detections(frame, detections, detector.names))
         all_seconds.append(seconds)
         frame_index += 1
     capture.release()
@@ -126,17 +107,16 @@ def main(argv=None) -> int:
     if args.backend is None:
         args.backend = backend_for(args.weights)
         print(f'backend {args.backend} (from the file type of {args.weights}; --backend to choose another)')
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     source = Path(args.img)
     out_dir = Path(args.out) if args.out else None
-    cfg = load_config(args.data)
+    cfg = load_config(args.data, splits=False)   # detecting needs the model keys and names, not the dataset
     if out_dir is not None:   # before the model loads: a wrong --out is found at once
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f'--out {out_dir}: cannot make the folder ({error.strerror})') from None
-    runtime = load_runtime(args.backend, cfg, args.weights, num_threads=args.threads)
+    detector = tinydet.load(args.weights, data=cfg, backend=args.backend, threads=args.threads)
+    detector.conf, detector.iou, detector.max_det = args.conf, args.iou, args.max_det
     if source.is_dir():
         paths = sorted(p for p in source.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
         drawn = [p for p in paths if p.stem.endswith('_det')]
@@ -145,11 +125,11 @@ def main(argv=None) -> int:
             paths = [p for p in paths if not p.stem.endswith('_det')]
         if not paths:
             raise DatasetError(f'{source}: no images ({", ".join(sorted(IMAGE_SUFFIXES))}) in this folder')
-        all_seconds = run_images(paths, runtime, cfg, args, out_dir)
+        all_seconds = run_images(paths, detector, out_dir)
     elif source.suffix.lower() in VIDEO_SUFFIXES:
-        all_seconds = run_video(source, runtime, cfg, args, out_dir)
+        all_seconds = run_video(source, detector, out_dir)
     elif source.is_file():
-        all_seconds = run_images([source], runtime, cfg, args, out_dir)
+        all_seconds = run_images([source], detector, out_dir)
     else:
         raise DatasetError(f'{source}: no such image, folder or video')
     if len(all_seconds) > 1:   # the first image also pays for warm-up, so the mean is over the rest

@@ -1,7 +1,7 @@
 """Train a detector described by a .data file.
 
     python3 train.py --data data/coco.data [--epochs N] [--batch-size N] [--weights W] [--resume [last.pt]]
-                     [--device cpu|cuda|0] [--workers N] [--out DIR]
+                     [--device cpu|cuda|0] [--workers N] [--out DIR] [--teacher T]
     torchrun --nproc_per_node 2 train.py --data data/coco.data [--sync-bn]
 
 Writes to --out (default: the .data's `backup`, else weights/<model_name>/): last.pt every epoch, best.pt (best
@@ -12,11 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import tinydet
 from utils.cli import non_negative_int, positive_int, run
-from utils.config import load_config
-from utils.errors import ConfigError
-from utils.train.checkpoint import load_checkpoint
-from utils.train.trainer import TrainingInterrupted, TrainOptions, train
+from utils.train.trainer import TrainingInterrupted
 
 
 def parse_args(argv=None):
@@ -33,6 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', type=Path, help='output folder (default: `backup` or weights/<model_name>/)')
     parser.add_argument('--sync-bn', action='store_true', help='DDP: synchronised BatchNorm')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--teacher', type=Path, metavar='T',
+                        help='distil from this model: override `teacher_weights` (our checkpoint or a released file)')
     args = parser.parse_args(argv)
     if args.resume is None and not args.data:
         parser.error('--data is required (or --resume to continue a run)')
@@ -41,33 +41,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    resume = None
-    overrides = {}
-    data = args.data
-    if args.resume is not None:
-        if args.resume:
-            resume = Path(args.resume)
-        elif args.out:
-            resume = args.out / 'last.pt'
-        elif data:
-            cfg = load_config(data)
-            resume = Path(cfg.backup or Path('weights') / cfg.model_name) / 'last.pt'
-        else:
-            raise ConfigError('--resume without a path needs --out or --data to find last.pt')
-        checkpoint = load_checkpoint(resume)
-        overrides = dict(checkpoint.get('overrides', {}))   # the same schedule as the interrupted run
-        data = data or checkpoint.get('data')
-        if not data:
-            raise ConfigError(f'--resume {resume}: the checkpoint does not name its .data file: give --data')
-        del checkpoint
-    overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items()
-                      if v is not None})
-    cfg = load_config(data, **overrides)
-    out_dir = args.out or (resume.parent if resume else Path(cfg.backup or Path('weights') / cfg.model_name))
-    options = TrainOptions(out_dir=out_dir, device=args.device, workers=args.workers, weights=args.weights,
-                           resume=resume, sync_bn=args.sync_bn, seed=args.seed)
     try:
-        train(cfg, options)
+        tinydet.train(args.data, out=args.out, device=args.device, workers=args.workers, weights=args.weights,
+                      seed=args.seed, teacher=args.teacher, sync_bn=args.sync_bn,
+                      resume=None if args.resume is None else (args.resume or True),
+                      epochs=args.epochs, batch_size=args.batch_size)
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         return 128 + stop.signum

@@ -52,9 +52,11 @@ def check_weights_suffix(backend: str, weights: Path) -> None:
                           f'the {backend_for(weights)} backend reads this one')
 
 
-def load_runtime(backend: str, cfg, weights, num_threads: int = 0):
+def load_runtime(backend: str, cfg, weights, num_threads: int = 0, spec=None):
     """`backend` in BACKENDS, `cfg` the loaded .data Config, `weights` the file that backend reads.
-    `num_threads` applies to onnx and ncnn (0: the library's default; torch threads are set by the caller)."""
+    `num_threads` applies to onnx and ncnn (0: the library's default; torch threads are set by the caller).
+    An exported model (onnx, opencv, ncnn) also runs without its .data: cfg None, and `spec` (a model.spec.HeadSpec,
+    e.g. from its sidecar) saying how to decode its outputs."""
     weights = Path(weights)
     if backend not in BACKENDS:
         raise ConfigError(f'unknown backend "{backend}"; choose one of {", ".join(BACKENDS)}')
@@ -68,7 +70,7 @@ def load_runtime(backend: str, cfg, weights, num_threads: int = 0):
         model = build_model(cfg, log=lambda *_: None)
         load_weights(model, weights, strict=True)
         return TorchRuntime(fuse_conv_bn(model.eval()))
-    spec = make_spec(cfg)
+    spec = spec or make_spec(cfg)
     if backend == 'onnx':
         from utils.runtimes.onnx_runtime import OnnxRuntime
         return OnnxRuntime(weights, spec, num_threads)
