@@ -1,5 +1,6 @@
-"""The anchor-head loss: hand-worked matching, CIoU against hand values, and a perfect prediction (built by
-inverting the decode that utils/postprocess.py uses) scoring far below a random one."""
+"""The anchor-head loss: hand-worked matching, CIoU against hand values, a perfect prediction (built by
+inverting the decode that utils/postprocess.py uses) scoring far below a random one, and YOLOv5's matching giving
+the very numbers it gave before the assigners were made choosable."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,9 +8,12 @@ import pytest
 import torch
 
 from model.spec import HeadSpec
+from tests.conftest import shared_path
 from utils.boxes import ciou
+from utils.config import YFV2_COCO_ANCHORS_352
 from utils.loss import build_loss
-from utils.loss.anchor import AnchorLoss, match_targets
+from utils.loss.anchor import AnchorLoss
+from utils.loss.assigners import match_targets
 from utils.postprocess import decode
 
 torch.manual_seed(0)
@@ -140,3 +144,24 @@ def test_build_loss_dispatches_on_the_head_kind():
     from utils.loss.leyolo import LeYOLOLoss
     spec = HeadSpec(kind='leyolo', strides=(8, 16, 32), num_classes=3, input_width=64, input_height=64)
     assert isinstance(build_loss(SimpleNamespace(spec=spec), cfg=None), LeYOLOLoss)
+
+
+def test_yolov5_matching_gives_the_recorded_loss_bit_for_bit():
+    """The default assigner leaves the loss exactly as it was: the numbers below were printed by the loss before
+    the assigners were split out of utils/loss/anchor.py (commit a159936), for the same targets (the labels of the
+    first 8 coco128 train2017 label files) and raw outputs (seeded normal noise, Yolo-FastestV2's shapes at 352)."""
+    labels = sorted(shared_path('datasets/coco128/labels/train2017').glob('*.txt'))[:8]
+    targets = torch.tensor([[i] + [float(v) for v in line.split()]
+                            for i, f in enumerate(labels) for line in f.read_text().split('\n') if line.strip()])
+    pairs = [(YFV2_COCO_ANCHORS_352[i], YFV2_COCO_ANCHORS_352[i + 1]) for i in range(0, 12, 2)]
+    spec = HeadSpec(kind='anchor', strides=(16, 32), num_classes=80, input_width=352, input_height=352,
+                    anchors_px=(tuple(pairs[:3]), tuple(pairs[3:])))
+    generator = torch.Generator().manual_seed(0)
+    outputs = [(torch.randn(8, 12, side, side, generator=generator),
+                torch.randn(8, 3, side, side, generator=generator) - 4,
+                torch.randn(8, 80, side, side, generator=generator)) for side in (22, 11)]
+    loss, parts = build_loss(SimpleNamespace(spec=spec), cfg=None)(outputs, targets)
+    assert len(targets) == 30
+    assert loss.item().hex() == '0x1.9009cc0000000p+3'
+    assert {k: v.hex() if isinstance(v, float) else v for k, v in parts.items()} == {
+        'box': '0x1.b447d80000000p+0', 'obj': '0x1.f82e240000000p-5', 'cls': '0x1.36e0c80000000p+3', 'matches': 282}

@@ -35,6 +35,8 @@ ASSIGNERS = ('yolov5', 'atss', 'simota', 'tal')
 # keys only the leyolo head's loss reads: an error with another head rather than silently unused
 LEYOLO_LOSS_KEYS = ('leyolo_box_gain', 'leyolo_cls_gain', 'leyolo_dfl_gain', 'leyolo_max_grad_norm', 'tal_topk',
                     'tal_alpha', 'tal_beta')
+# of those, the task-aligned assigner's: read by the anchor head's loss too when assigner = tal
+TAL_KEYS = ('tal_topk', 'tal_alpha', 'tal_beta')
 
 # Yolo-FastestV2's COCO anchors at 352x352 (w,h pairs in pixels), the default for two-scale anchor heads.
 YFV2_COCO_ANCHORS_352 = (12.64, 19.39, 37.88, 51.48, 55.71, 138.31, 126.91, 78.23, 131.57, 214.55, 279.92, 258.87)
@@ -320,7 +322,10 @@ def _check(cfg: Config, given: dict, splits: bool) -> None:
         if getattr(cfg, key) % max(cfg.strides):
             fail(key, f'must be a multiple of {max(cfg.strides)} for {cfg.model}, got {getattr(cfg, key)}')
     for key in LEYOLO_LOSS_KEYS:
-        if key in given and cfg.head != 'leyolo':
+        if key in given and key in TAL_KEYS and cfg.head != 'leyolo' and cfg.assigner != 'tal':
+            fail(key, f'only the task-aligned assigner reads it (head = leyolo, or assigner = tal), and head = '
+                      f'{cfg.head}, assigner = {cfg.assigner}')
+        if key in given and key not in TAL_KEYS and cfg.head != 'leyolo':
             fail(key, f'only the leyolo head\'s loss reads it, and head = {cfg.head}')
         if getattr(cfg, key) < 0 or (key == 'tal_topk' and cfg.tal_topk < 1):
             fail(key, f'must be {"at least 1" if key == "tal_topk" else "0 or more"}, got {getattr(cfg, key)}')

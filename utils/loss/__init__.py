@@ -10,8 +10,9 @@ from utils.loss.leyolo import LeYOLOLoss
 
 
 def build_loss(model, cfg=None) -> AnchorLoss | LeYOLOLoss:
-    """The loss for the model's head. `cfg` (a Config) gives the LeYOLO loss its gains; None takes the defaults."""
+    """The loss for the model's head. `cfg` (a Config) gives the LeYOLO loss its gains and the anchor loss its
+    assigner; None takes the defaults."""
     spec = getattr(model, 'module', model).spec   # DDP wraps the model
     if spec.kind == 'leyolo':
         return LeYOLOLoss.from_config(spec, cfg)
-    return AnchorLoss(spec)
+    return AnchorLoss.from_config(spec, cfg)

@@ -5,16 +5,16 @@ obj (N, A, H, W), cls (N, C, H, W): all logits. One class vector per cell, share
 Decoding (the same as utils/postprocess.py and Yolo-FastestV2's released weights), in grid cells:
     cx = 2*sigmoid(x) - 0.5 + i      w = (2*sigmoid(w))^2 * anchor_w / stride      (y, h alike)
 
-Matching (YOLOv5's): a target is assigned to every anchor of a scale whose width and height ratios to it are both
-within `ANCHOR_RATIO_MAX` (4) either way, in the cell holding its centre and in the two neighbouring cells nearest
-to the centre (left or right, up or down). The decode reaches 1.5 cells from the cell, so a neighbour can predict
-the centre; three cells per match triple the positives, which speeds up learning on small datasets.
+Assignment: which anchors and cells learn which box is the assigner's choice (utils/loss/assigners/, the .data key
+`assigner`: YOLOv5's ratio matching by default, ATSS, SimOTA or task-aligned). It returns, per scale, the positives
+(image, anchor, cell, class, target box) and optionally their objectness targets; the terms below are the same for
+every assigner.
 
 Terms, per scale s:
     box  mean over matches of 1 - CIoU(predicted, target)
-    obj  BCE(obj logit, target) over all N*A*H*W positions, the target being the match's CIoU (detached, >= 0) at
-         matched positions and 0 elsewhere; weighted by OBJ_BALANCE[stride] (finer scales hold more
-         small, hard objects and more cells)
+    obj  BCE(obj logit, target) over all N*A*H*W positions, the target being the match's CIoU (detached, >= 0), or
+         the assigner's objectness target where it gives one, at matched positions and 0 elsewhere; weighted by
+         OBJ_BALANCE[stride] (finer scales hold more small, hard objects and more cells)
     cls  softmax cross-entropy of the cell's class logits against the match's class, mean over matches
     total = ANCHOR_LOSS_SCALE * (BOX_GAIN * sum box + OBJ_GAIN * sum balance*obj + CLS_GAIN * sum cls)
 
@@ -33,51 +33,29 @@ import torch
 import torch.nn.functional as F
 
 from utils.boxes import ciou
+from utils.config import Config
+from utils.loss.assigners import YOLOv5Assigner, build_assigner
 from utils.loss.targets import checked_targets
 
-ANCHOR_RATIO_MAX = 4.0
 BOX_GAIN, OBJ_GAIN, CLS_GAIN = 0.05, 1.0, 0.005
 ANCHOR_LOSS_SCALE = 64.0   # Yolo-FastestV2's scale
 OBJ_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1}
-# neighbour offsets in cells: centre, left, up, right, down (subtracted from the centre cell)
-_NEIGHBOURS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
-
-
-def match_targets(targets: torch.Tensor, anchors_grid: torch.Tensor, grid_w: int, grid_h: int):
-    """Assign targets (M, 6) [image, class, cx, cy, w, h] normalised to anchors and cells of one scale.
-
-    Returns (image, anchor, gy, gx, class) index tensors and the target boxes (K, 4) as cx, cy relative to their
-    cell's corner plus w, h, all in grid cells.
-    """
-    device = targets.device
-    scale = torch.tensor([grid_w, grid_h], dtype=torch.float32, device=device)
-    centre = targets[:, 2:4] * scale
-    size = targets[:, 4:6] * scale
-    ratio = size[None] / anchors_grid[:, None]                       # (A, M, 2)
-    fits = torch.max(ratio, 1 / ratio).amax(dim=2) < ANCHOR_RATIO_MAX
-    anchor, target = fits.nonzero(as_tuple=True)
-    centre, size, t = centre[target], size[target], targets[target]
-    # the neighbour on each axis nearest to the centre, if inside the grid
-    frac = centre % 1
-    use = torch.stack([torch.ones_like(frac[:, 0], dtype=torch.bool),
-                       (frac[:, 0] < 0.5) & (centre[:, 0] > 1), (frac[:, 1] < 0.5) & (centre[:, 1] > 1),
-                       (frac[:, 0] > 0.5) & (centre[:, 0] < grid_w - 1),
-                       (frac[:, 1] > 0.5) & (centre[:, 1] < grid_h - 1)])   # (5, K)
-    which, k = use.nonzero(as_tuple=True)
-    cell = (centre[k] - _NEIGHBOURS.to(device)[which]).floor()
-    cell[:, 0].clamp_(0, grid_w - 1)
-    cell[:, 1].clamp_(0, grid_h - 1)
-    boxes = torch.cat([centre[k] - cell, size[k]], dim=1)
-    cell = cell.long()
-    return (t[k, 0].long(), anchor[k], cell[:, 1], cell[:, 0], t[k, 1].long()), boxes
 
 
 class AnchorLoss:
-    def __init__(self, spec):
+    def __init__(self, spec, assigner=None):
+        """`assigner`: one of utils/loss/assigners/ (None: YOLOv5's matching)."""
         self.strides = tuple(spec.strides)
         self.num_classes = spec.num_classes
         self.anchors_grid = [torch.tensor(a, dtype=torch.float32) / s for a, s in zip(spec.anchors_px, spec.strides)]
         self.balance = [OBJ_BALANCE.get(s, 0.1) for s in self.strides]
+        self.assigner = assigner if assigner is not None else YOLOv5Assigner()
+
+    @classmethod
+    def from_config(cls, spec, cfg=None) -> AnchorLoss:
+        """The loss with the assigner of a Config (None: the defaults)."""
+        c = cfg if cfg is not None else Config
+        return cls(spec, build_assigner(c.assigner, spec.strides, c.tal_topk, c.tal_alpha, c.tal_beta))
 
     def __call__(self, outputs, targets: torch.Tensor):
         targets = checked_targets(outputs, targets, self.strides, self.num_classes)
@@ -85,11 +63,12 @@ class AnchorLoss:
         loss_box = torch.zeros((), device=device)
         loss_obj, loss_cls = torch.zeros_like(loss_box), torch.zeros_like(loss_box)
         matches = 0
-        for (reg, obj, cls), anchors, balance in zip(outputs, self.anchors_grid, self.balance):
+        anchors_grid = [anchors.to(device) for anchors in self.anchors_grid]
+        assigned = self.assigner(targets.to(device), outputs, anchors_grid)
+        for (reg, obj, cls), anchors, balance, scale_matches in zip(outputs, anchors_grid, self.balance, assigned):
             reg, obj, cls = reg.float(), obj.float(), cls.float()
             n, num_anchors, grid_h, grid_w = obj.shape
-            anchors = anchors.to(device)
-            (img, a, gy, gx, tcls), tbox = match_targets(targets.to(device), anchors, grid_w, grid_h)
+            img, a, gy, gx, tcls, tbox, quality = scale_matches
             obj_target = torch.zeros(obj.shape, device=device)   # contiguous even for channels-last outputs
             if len(img):
                 matches += len(img)
@@ -100,7 +79,8 @@ class AnchorLoss:
                 loss_box = loss_box + (1 - box_iou).mean()
                 # Where two matches share a position, the better-fitting box sets the objectness target.
                 flat = ((img * num_anchors + a) * grid_h + gy) * grid_w + gx
-                obj_target.view(-1).scatter_reduce_(0, flat, box_iou.detach().clamp(min=0), 'amax')
+                objectness = box_iou.detach().clamp(min=0) if quality is None else quality
+                obj_target.view(-1).scatter_reduce_(0, flat, objectness, 'amax')
                 loss_cls = loss_cls + F.cross_entropy(cls[img, :, gy, gx], tcls)
             loss_obj = loss_obj + balance * F.binary_cross_entropy_with_logits(obj, obj_target)
         total = ANCHOR_LOSS_SCALE * (BOX_GAIN * loss_box + OBJ_GAIN * loss_obj + CLS_GAIN * loss_cls)
