@@ -106,8 +106,10 @@ def test_windows_and_home_paths_are_normalised(tmp_path):
     (lambda t: t.replace('width=352', 'width=350'), r'key "width": must be a multiple of 32'),
     (lambda t: t.replace('[name]', '[name]\nmodel=yolo-fastest'), r'unknown model "yolo-fastest" \(did you mean'),
     (lambda t: 'this is not a data file\n', r'x\.data:1: expected "key = value"'),
-    (lambda t: t + 'tal_topk=10\n', r'x\.data:23: key "tal_topk": only the leyolo head\'s loss reads it, and '
-                                    r'head = anchor'),
+    (lambda t: t + 'tal_topk=10\n', r'x\.data:23: key "tal_topk": only the task-aligned assigner reads it '
+                                    r'\(head = leyolo, or assigner = tal\), and head = anchor, assigner = yolov5'),
+    (lambda t: t + 'leyolo_dfl_gain=1\n', r'x\.data:23: key "leyolo_dfl_gain": only the leyolo head\'s loss reads '
+                                          r'it, and head = anchor'),
     (lambda t: t + 'leyolo_box_gian=7\n', r'unknown key "leyolo_box_gian" \(did you mean "leyolo_box_gain"\?\)'),
     # a known key (or alias) with something appended means that key, however far the spelling
     (lambda t: t.replace('val=val.txt', 'val_something=val.txt'), r'unknown key "val_something" \(did you mean "val"'),
