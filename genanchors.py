@@ -70,7 +70,7 @@ def load_data_file(path: Path):
     values, _ = read_data_file(path)
     if values.get('head') == 'leyolo':
         raise ConfigError(f'{path}: head = leyolo is anchor-free; it uses no anchors')
-    return load_config(path, head='leyolo')   # 'leyolo' only to skip the anchor checks; cfg.head is not used here
+    return load_config(path, check_anchors=False)
 
 
 def main(argv=None) -> int:

@@ -83,7 +83,7 @@ class Config:
     teacher_weights: Path | None = None   # the teacher: our checkpoint, LeYOLONano.pt or a released .pth
     teacher_model: str = ''               # the teacher's keys where its weights file does not carry them
     teacher_head: str = ''
-    teacher_width: int = 0                # 0: the student's width / height
+    teacher_width: int = 0                # 0: the size the teacher checkpoint was trained at, else the student's
     teacher_height: int = 0
     distill_gain: float = 1.0             # weight of the distillation loss against the detection loss
     # [data-configure]
@@ -105,6 +105,8 @@ class Config:
     scale: float = 0.5                    # random scale in [1 - scale, 1 + scale]
     mosaic: float = 0.5                   # probability of a 4-image mosaic
     close_mosaic: int = 10                # no mosaic in the last N epochs
+    # the anchor head's loss (utils/loss/anchor.py)
+    anchor_cls_gain: float = 0.005        # weight of the softmax class term; the released weights' fine-tuning value
     # the leyolo head's loss (utils/loss/leyolo.py; YOLOv8's defaults, which trained the released LeYOLO weights)
     leyolo_box_gain: float = 7.5          # weight of the CIoU box term
     leyolo_cls_gain: float = 0.5          # weight of the BCE class term
@@ -270,10 +272,10 @@ def read_names(path: Path) -> tuple:
     return tuple(line.strip() for line in path.read_text(encoding='utf-8-sig').splitlines() if line.strip())
 
 
-def load_config(path, splits: bool = True, **overrides) -> Config:
+def load_config(path, splits: bool = True, check_anchors: bool = True, **overrides) -> Config:
     """Parse and check a .data file or a data.yaml. `overrides` (e.g. epochs=5 from the command line) win over
     the file. splits=False: to run a model only (test.py, tinydet.load), so the train and val lists need not
-    exist."""
+    exist. check_anchors=False: for genanchors.py, which computes them (no defaults filled in either)."""
     path = Path(path)
     class_names = ()
     if is_data_yaml(path):
@@ -292,11 +294,11 @@ def load_config(path, splits: bool = True, **overrides) -> Config:
             kwargs[key] = _convert(key, raw, where)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     cfg = Config(data_path=path, lines=lines, class_names=class_names, **kwargs)
-    _check(cfg, values, splits)
+    _check(cfg, values, splits, check_anchors)
     return cfg
 
 
-def _check(cfg: Config, given: dict, splits: bool) -> None:
+def _check(cfg: Config, given: dict, splits: bool, check_anchors: bool) -> None:
     def fail(key, message):
         raise ConfigError(f'{cfg.where(key)}: key "{key}": {message}')
 
@@ -329,11 +331,15 @@ def _check(cfg: Config, given: dict, splits: bool) -> None:
             fail(key, f'only the leyolo head\'s loss reads it, and head = {cfg.head}')
         if getattr(cfg, key) < 0 or (key == 'tal_topk' and cfg.tal_topk < 1):
             fail(key, f'must be {"at least 1" if key == "tal_topk" else "0 or more"}, got {getattr(cfg, key)}')
+    if 'anchor_cls_gain' in given and cfg.head != 'anchor':
+        fail('anchor_cls_gain', f'only the anchor head\'s loss reads it, and head = {cfg.head}')
+    if cfg.anchor_cls_gain < 0:
+        fail('anchor_cls_gain', f'must be 0 or more, got {cfg.anchor_cls_gain}')
     if cfg.leyolo_box_gain == cfg.leyolo_cls_gain == cfg.leyolo_dfl_gain == 0:
         fail('leyolo_box_gain', 'leyolo_box_gain, leyolo_cls_gain and leyolo_dfl_gain are all 0: nothing to learn')
     if cfg.cache not in ('auto', 'none', 'ram'):
         fail('cache', f'expected "auto", "none" or "ram", got "{cfg.cache}"')
-    if cfg.head == 'anchor':
+    if cfg.head == 'anchor' and check_anchors:
         if not cfg.anchors:   # Darknet files carry no anchors: take COCO's, scaled to the input size
             if len(cfg.strides) == 2:
                 cfg.anchors = tuple(v * (cfg.width if i % 2 == 0 else cfg.height) / 352
