@@ -16,6 +16,7 @@ last.pt holds these too, to resume (best.pt leaves them out):
     optimizer, scaler   their state_dicts (SGD momentum; the AMP loss scale)
     schedule       {'optimizer_steps', 'world' (DDP processes), 'bias_lr_factor'}
     ema_updates    the EMA's update count (its decay ramps up with it)
+    distill        the distillation adapters' state_dict (utils/train/distill.py), when training with a teacher
     rng            {'python', 'numpy', 'torch', and 'cuda' where there is CUDA}: the random states (`rng_states`)
 
 Reading uses torch.load(weights_only=True): a checkpoint from elsewhere cannot run code on `--resume`. Numpy arrays

@@ -2,7 +2,7 @@
 
 One run, in stages (YOLOX's Trainer is the model):
     Trainer.__init__   set-up: model, optimizer, EMA, loss, the checkpoint to resume from, DDP, data loader,
-                       output folder
+                       output folder (a new run draws labels.png and batch0.jpg there: utils/data/plots.py)
     train_one_epoch    for each mini-batch (batch_size / subdivisions images, split again across DDP processes):
                        forward (autocast on CUDA) -> loss / subdivisions -> backward; every `subdivisions`
                        mini-batches one SGD step, then the EMA follows the weights
@@ -10,6 +10,7 @@ One run, in stages (YOLOX's Trainer is the model):
                        results.csv, redraw results.png, write last.pt (and best.pt when mAP@0.5:0.95 improved)
     after_train        report the best epoch
 
+Knowledge distillation from a teacher (`teacher_weights`): utils/train/distill.py.
 The optimizer and its schedule: utils/train/schedule.py. results.csv and results.png: utils/train/results_log.py.
 The device and DDP: utils/train/distributed.py. Checkpoints and what they hold: utils/train/checkpoint.py.
 
@@ -36,10 +37,12 @@ from model.build import build_model
 from model.summary import summarize
 from model.weights import load_weights
 from utils.data.dataset import load_split
+from utils.data.plots import plot_training_data
 from utils.data.train_data import EpochSampler, TrainDataset, collate
 from utils.errors import CheckpointError, ConfigError
 from utils.loss import build_loss
 from utils.train.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
+from utils.train.distill import Distiller, restore_adapters
 from utils.train.distributed import any_process, barrier, end_processes, init_processes, pick_device, wrap_model
 from utils.train.ema import ModelEMA
 from utils.train.results_log import append_results, drop_results_after
@@ -117,7 +120,10 @@ class Trainer:
         self.model = self._build_model(load_pretrained=checkpoint is None)
         # A trained head's biases need no head start; a 10x bias lr is what wrecks it in the first steps.
         self.bias_lr_factor = 0.0 if (options.weights or cfg.pre_weights) else WARMUP_BIAS_LR_FACTOR
-        self.optimizer = build_optimizer(self.model, cfg)
+        # distillation: the teacher and the student's adapters to it (utils/train/distill.py), trained with the model
+        self.distiller = Distiller(cfg, self.model, self.device, world, self.log) if cfg.teacher_weights else None
+        trained = self.model if self.distiller is None else nn.ModuleList([self.model, self.distiller.adapters])
+        self.optimizer = build_optimizer(trained, cfg)
         self.amp = self.device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
         self.ema = ModelEMA(self.model) if (cfg.ema and self.main) else None
@@ -144,6 +150,10 @@ class Trainer:
         self.warmup_steps = warmup_steps_for(cfg, self.steps_per_epoch)
 
         self._prepare_output_folder(resuming=checkpoint is not None)
+        if self.main and checkpoint is None:   # a new run: its labels and first batch, before they cost a run
+            first_batch = epoch_indices(len(self.dataset), options.seed, 0, 0, self.world)[:self.mini_batch]
+            drawn = plot_training_data(cfg, self.dataset, first_batch, self.out_dir)
+            self.log(f'training data drawn: {drawn["path"]}, {drawn["batch_path"]}')
         self._log_start()
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -173,6 +183,7 @@ class Trainer:
 
     def _restore(self, checkpoint: dict) -> None:
         """Continue from `checkpoint` (last.pt, its keys checked by __init__)."""
+        restore_adapters(self.distiller, checkpoint, self.options.resume)
         try:
             self.model.load_state_dict(checkpoint['model'])
             if self.ema is not None and 'ema' in checkpoint:
@@ -265,6 +276,9 @@ class Trainer:
             with torch.autocast('cuda', enabled=True) if self.amp else nullcontext():
                 outputs = self.net(images)
             loss, parts = self.loss_fn(outputs, targets)
+            if self.distiller is not None:   # the teacher's lesson on the same batch
+                lesson, lesson_parts = self.distiller(images, outputs)
+                loss, parts = loss + lesson, parts | lesson_parts
             bad, stop = any_process(self.device, self.world, not torch.isfinite(loss).item(), self.stop.requested)
             if bad:
                 bad_in_row += 1
@@ -371,6 +385,8 @@ class Trainer:
                           config=config_record(cfg), date=time.strftime('%Y-%m-%d %H:%M:%S'))
         if self.ema is not None:
             checkpoint['ema'] = self.ema.model.state_dict()
+        if self.distiller is not None and not light:
+            checkpoint['distill'] = self.distiller.adapters.state_dict()
         if not light:
             checkpoint.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                               schedule=dict(optimizer_steps=self.optimizer_steps, world=self.world,
