@@ -234,9 +234,10 @@ def test_build_loss_takes_the_assigner_and_tal_settings_of_the_config():
     model = SimpleNamespace(spec=spec)
     assert isinstance(build_loss(model, None).assigner, YOLOv5Assigner)
     for name, kind in (('yolov5', YOLOv5Assigner), ('atss', ATSSAssigner), ('simota', SimOTAAssigner)):
-        cfg = SimpleNamespace(assigner=name, tal_topk=10, tal_alpha=0.5, tal_beta=6.0)
+        cfg = SimpleNamespace(assigner=name, tal_topk=10, tal_alpha=0.5, tal_beta=6.0, anchor_cls_gain=0.005)
         assert isinstance(build_loss(model, cfg).assigner, kind)
-    tal = build_loss(model, SimpleNamespace(assigner='tal', tal_topk=3, tal_alpha=1.0, tal_beta=2.0)).assigner
+    tal = build_loss(model, SimpleNamespace(assigner='tal', tal_topk=3, tal_alpha=1.0, tal_beta=2.0,
+                                            anchor_cls_gain=0.005)).assigner
     assert isinstance(tal, TaskAlignedAnchorAssigner) and (tal.topk, tal.alpha, tal.beta) == (3, 1.0, 2.0)
 
 
