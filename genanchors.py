@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import positive_int, run
-from utils.config import load_config, read_data_file
 from utils.data.anchors import (
     anchor_fitness,
     format_anchors,
@@ -32,7 +31,6 @@ from utils.data.anchors import (
     update_data_file,
     write_anchor_file,
 )
-from utils.data_yaml import is_data_yaml, set_key
 from utils.errors import ConfigError
 
 
@@ -67,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_data_file(path: Path):
     """The Config of a .data file, without checking its anchors: they are what we are about to compute
     (a file whose anchor_num was just changed has anchors of the wrong length)."""
+    # imported here, as the --data code below: a run on a list file alone starts without them (and yaml)
+    from utils.config import load_config, read_data_file
     values, _ = read_data_file(path)
     if values.get('head') == 'leyolo':
         raise ConfigError(f'{path}: head = leyolo is anchor-free; it uses no anchors')
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
               f'    mean IoU {fitness["mean_iou"]:.4f}, recall IoU>0.5 {fitness["recall_iou50"]:.1%}, '
               f'ratio-4 recall {fitness["recall_ratio4"]:.1%} -> {path}')
         if args.update:
+            from utils.data_yaml import is_data_yaml, set_key
             if is_data_yaml(args.data):
                 set_key(args.data, 'anchors', format_anchors(anchors_px))
             else:
