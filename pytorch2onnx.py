@@ -5,6 +5,7 @@
 writes model.onnx (simplified), model.param / model.bin (NCNN, fp32) and model.json (what the C++ app reads),
 then prints max and mean |diff| of each output for onnxruntime, OpenCV DNN and NCNN against PyTorch, and whether
 the detections are the same. Exits non-zero when a check fails. Input size, classes and anchors come from the .data.
+With --web DIR it also writes DIR, a static page that runs the model in a browser (docs/deployment.md).
 """
 import argparse
 import sys
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--fp16-kept', action='store_true',
                         help='with --int8: store the weights of the layers left fp32 as float16 (a smaller .bin, but '
                              'the C++ app\'s boxes then differ slightly from the Python runtime\'s)')
+    parser.add_argument('--web', metavar='DIR',
+                        help='also write DIR: index.html running the model in a browser with onnxruntime-web (copied '
+                             'in from npm); serve it with `python3 -m http.server -d DIR`')
     return parser.parse_args(argv)
 
 
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     tinydet.export(args.data, args.weights, args.output, opset=args.opset, simplify=not args.no_simplify,
                    ncnn=not args.no_ncnn, image=args.image, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou,
                    int8=args.int8, calib_images=args.calib_images, calib_method=args.calib_method,
-                   int8_all=args.int8_all, fp16_kept=args.fp16_kept)
+                   int8_all=args.int8_all, fp16_kept=args.fp16_kept, web=args.web)
     return 0
 
 

@@ -261,27 +261,32 @@ class ExportedFiles(NamedTuple):
     int8_param: Path | None = None     # with int8=True
     int8_bin: Path | None = None
     int8_sidecar: Path | None = None
+    web: Path | None = None            # with web=: the page's index.html
 
 
 def export(data, weights, output='model.onnx', *, opset: int = 11, simplify: bool = True, ncnn: bool = True,
            check: bool = True, image=None, conf_thresh: float | None = None, nms_iou: float | None = None,
            int8: bool = False, calib_images: int = 128, calib_method: str = 'mse', int8_all: bool = False,
-           fp16_kept: bool = False, log=print) -> ExportedFiles:
+           fp16_kept: bool = False, web=None, log=print) -> ExportedFiles:
     """Export `weights` to ONNX (`output`) and NCNN beside it, with the sidecar; then (check=True) run every
     backend on one image (`image`, else the first val image, else a generated one) against PyTorch and raise
     ExportError if one disagrees. conf_thresh / nms_iou go into the sidecar (default: utils.export's
     DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU) and into the check's detections. int8: also X-int8.param/.bin/.json,
-    calibrated on `calib_images` train images (docs/deployment.md). `log` prints what was written and the check."""
+    calibrated on `calib_images` train images (docs/deployment.md). web: also this folder, a static page that runs
+    the model in a browser (utils/export/web.py). `log` prints what was written and the check."""
     if (int8_all or fp16_kept) and not int8:
         raise ConfigError('--int8-all and --fp16-kept choose how --int8 quantizes; add --int8')
     if int8 and not ncnn:
         raise ConfigError('--int8 quantizes the NCNN model; it cannot go with --no-ncnn')
+    if web is not None and not ncnn:
+        raise ConfigError("--web puts the NCNN export's sidecar .json beside the page; it cannot go with --no-ncnn")
     from model.build import build_model
     from model.weights import load_weights
     from utils.export import DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU, export_all
     conf_thresh = DEFAULT_CONF_THRESH if conf_thresh is None else conf_thresh
     nms_iou = DEFAULT_NMS_IOU if nms_iou is None else nms_iou
-    cfg = data if isinstance(data, Config) else load_config(data)
+    # only INT8 calibration reads the train split; the check falls back to a generated image without the val split
+    cfg = data if isinstance(data, Config) else load_config(data, splits=int8)
     # the weights replace whatever the .data starts training from, so don't read those files first
     model = build_model(dataclasses.replace(cfg, pre_weights=None, backbone_weights=None))
     load_weights(model, weights)
@@ -299,6 +304,10 @@ def export(data, weights, output='model.onnx', *, opset: int = 11, simplify: boo
         if not report.ok:
             raise ExportError(f'{paths["onnx"]}: the exported model disagrees with PyTorch: {report.problems[0]}')
     files = ExportedFiles(paths['onnx'], paths.get('param'), paths.get('bin'), paths.get('json'))
+    if web is not None:
+        from utils.export.web import write_web_folder
+        files = files._replace(web=write_web_folder(web, paths['onnx'], paths['json']))
+        log(f'wrote web   {files.web} (serve it: python3 -m http.server -d {web}, then open /index.html)')
     if not int8:
         return files
     from utils.int8.quantize import int8_paths, quantize_with_config
