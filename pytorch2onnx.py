@@ -36,12 +36,9 @@ def parse_args(argv=None):
                         help="activation scales: 'mse' (default: KL threshold refined per layer), NCNN's 'kl', "
                              "'minmax'")
     parser.add_argument('--int8-all', action='store_true',
-                        help='quantize every conv layer (default: depthwise, first and output convs stay fp32; '
-                             'all-INT8 is smaller but less accurate: bench/int8_accuracy.py --int8-depthwise '
-                             '--int8-ends measures it)')
-    parser.add_argument('--fp16-kept', action='store_true',
-                        help='with --int8: store the weights of the layers left fp32 as float16 (a smaller .bin, but '
-                             'the C++ app\'s boxes then differ slightly from the Python runtime\'s)')
+                        help='quantize every conv layer (default: the layers measured most sensitive stay fp32, '
+                             'float16 weights, within 30%% of the fp32 .bin; all-INT8 is smaller but empties more '
+                             'images: bench/int8_accuracy.py --int8-all measures it)')
     parser.add_argument('--web', metavar='DIR',
                         help='also write DIR: index.html running the model in a browser with onnxruntime-web (copied '
                              'in from npm); serve it with `python3 -m http.server -d DIR`')
@@ -54,7 +51,7 @@ def main(argv=None) -> int:
     tinydet.export(args.data, args.weights, args.output, opset=args.opset, simplify=not args.no_simplify,
                    ncnn=not args.no_ncnn, image=args.image, conf_thresh=args.conf_thresh, nms_iou=args.nms_iou,
                    int8=args.int8, calib_images=args.calib_images, calib_method=args.calib_method,
-                   int8_all=args.int8_all, fp16_kept=args.fp16_kept, web=args.web)
+                   int8_all=args.int8_all, web=args.web)
     return 0
 
 

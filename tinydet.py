@@ -267,15 +267,15 @@ class ExportedFiles(NamedTuple):
 def export(data, weights, output='model.onnx', *, opset: int = 11, simplify: bool = True, ncnn: bool = True,
            check: bool = True, image=None, conf_thresh: float | None = None, nms_iou: float | None = None,
            int8: bool = False, calib_images: int = 128, calib_method: str = 'mse', int8_all: bool = False,
-           fp16_kept: bool = False, web=None, log=print) -> ExportedFiles:
+           web=None, log=print) -> ExportedFiles:
     """Export `weights` to ONNX (`output`) and NCNN beside it, with the sidecar; then (check=True) run every
     backend on one image (`image`, else the first val image, else a generated one) against PyTorch and raise
     ExportError if one disagrees. conf_thresh / nms_iou go into the sidecar (default: utils.export's
     DEFAULT_CONF_THRESH, DEFAULT_NMS_IOU) and into the check's detections. int8: also X-int8.param/.bin/.json,
     calibrated on `calib_images` train images (docs/deployment.md). web: also this folder, a static page that runs
     the model in a browser (utils/export/web.py). `log` prints what was written and the check."""
-    if (int8_all or fp16_kept) and not int8:
-        raise ConfigError('--int8-all and --fp16-kept choose how --int8 quantizes; add --int8')
+    if int8_all and not int8:
+        raise ConfigError('--int8-all chooses how --int8 quantizes; add --int8')
     if int8 and not ncnn:
         raise ConfigError('--int8 quantizes the NCNN model; it cannot go with --no-ncnn')
     if web is not None and not ncnn:
@@ -311,8 +311,7 @@ def export(data, weights, output='model.onnx', *, opset: int = 11, simplify: boo
     if not int8:
         return files
     from utils.int8.quantize import int8_paths, quantize_with_config
-    quantize_with_config(paths['param'], cfg, calib_images, method=calib_method, depthwise_fp32=not int8_all,
-                         ends_fp32=not int8_all, fp16_kept=fp16_kept, log=log)
+    quantize_with_config(paths['param'], cfg, calib_images, method=calib_method, int8_all=int8_all, log=log)
     int8_param, int8_bin = int8_paths(paths['param'])
     return files._replace(int8_param=int8_param, int8_bin=int8_bin, int8_sidecar=int8_param.with_suffix('.json'))
 

@@ -18,7 +18,7 @@ size (both sides skip resizing and see the same pixels), and:
 - an all-INT8 model (every conv INT8: integer arithmetic, exact in any build) run by the app built with the
   kernels the Python wheel uses (NCNN_HOST_DISPATCH=1: AVX2/AVX-512 dispatch) must give the Python detections
   within the fp32 tolerances above;
-- the default INT8 models are mixed precision (depthwise, first and output convs fp32). Their fp32 layers are
+- the default INT8 models are mixed precision (the layers measured most sensitive fp32). Their fp32 layers are
   compiled differently in the wheel and in our source build, and a last-bit fp32 difference flips INT8 roundings
   downstream, even with the wheel's kernels. They, like the quick SSE2-only host build and the aarch64 build
   (other INT8 kernels), are held to the INT8_* tolerances. The differences found: docs/benchmarks.md, "The C++
@@ -158,8 +158,7 @@ def int8_models(models):
         all_int8 = param.with_name(param.stem + '_all.param')
         for suffix in ('.param', '.bin', '.json'):
             shutil.copyfile(param.with_suffix(suffix), all_int8.with_suffix(suffix))
-        quantize_with_config(all_int8, cfg, CALIBRATION_IMAGES, depthwise_fp32=False, ends_fp32=False,
-                             log=lambda *_: None)
+        quantize_with_config(all_int8, cfg, CALIBRATION_IMAGES, int8_all=True, log=lambda *_: None)
         int8[name + '-int8all'] = int8_paths(all_int8)[0]
     return int8
 

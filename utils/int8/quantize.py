@@ -6,13 +6,13 @@
 
 Calibration images go through the deployment pre-processing (utils.preprocess.resize_image with the .data's
 size and letterbox, BGR, /255): INT8 activation scales only fit inference inputs prepared the same way.
-Convolution and InnerProduct layers are quantized (weights per output channel, activations per layer, see
-utils/int8/calibrate.py), and ConvolutionDepthWise too (per group) with depthwise_fp32=False. The model is mixed
-precision: depthwise convolutions, the first conv layer and the conv layers that feed the outputs stay fp32
-(weights stored as float32 unless fp16_kept), as do the layers named in `keep_fp32` and every layer that is not a
-conv/fc. NCNN runs a conv layer in fp32 when its .param line has no
-int8_scale_term, whatever the layers around it do. The output is checked: the INT8 model is loaded by the ncnn
-runtime and compared with fp32 on a few calibration images, and the numbers go into the report.
+Convolution, ConvolutionDepthWise and InnerProduct layers are quantized (weights per output channel or group,
+activations per layer, see utils/int8/calibrate.py). The model is mixed precision, chosen by measurement
+(utils/int8/sensitivity.py): the layers whose INT8 version adds the most output noise per byte saved stay fp32
+while the .bin stays within `size_budget` of fp32, their weights stored as float16 (computed in fp32). NCNN runs
+a conv layer in fp32 when its .param line has no int8_scale_term, whatever the layers around it do. The output
+is checked: the INT8 model is loaded by the ncnn runtime and compared with fp32 on a few calibration images, and
+the numbers go into the report.
 """
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ from utils.int8.calibrate import (
     run_blobs,
     weight_scales,
 )
+from utils.int8.sensitivity import choose_fp32_layers, fp32_bytes, layer_noise
 from utils.int8.write import QUANTIZABLE_TYPES, LayerScales, read_ncnn_model, write_int8_model
 from utils.preprocess import PAD_VALUE
 
 METHODS = ('kl', 'minmax', 'mse')
+DEFAULT_SIZE_BUDGET = 0.30       # the INT8 .bin at most 30 % of the fp32 .bin
 
 
 @dataclass
@@ -45,6 +47,7 @@ class LayerReport:
     input_absmax: float = 0.0
     input_threshold: float = 0.0
     input_scale: float = 0.0
+    noise: float | None = None            # output noise with this layer alone INT8 (utils/int8/sensitivity.py)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Int8Report:
     fp32_bytes: int
     int8_bytes: int
     bias_corrected: int = 0               # layers whose bias was corrected ('mse' with bias_correction)
+    fp16_kept: bool = False               # the layers left fp32 store float16 weights
     # Checked on up to `check_images` calibration inputs, per output blob: max and mean |int8 - fp32|, fp32 range.
     output_max_abs_diff: dict = field(default_factory=dict)
     output_fp32_absmax: dict = field(default_factory=dict)
@@ -76,12 +80,17 @@ class Int8Report:
         for blob, diff in self.output_max_abs_diff.items():
             lines.append(f'  output {blob}: |int8 - fp32| max {diff:.4g}, mean '
                          f'{self.output_mean_abs_diff[blob]:.4g} (fp32 max |x| {self.output_fp32_absmax[blob]:.4g})')
+        measured = [layer for layer in self.layers if layer.noise is not None]
+        if measured:
+            left = sum(layer.noise for layer in measured if layer.quantized)
+            lines.append(f'  output noise (sum of single-layer noises): all INT8 '
+                         f'{sum(layer.noise for layer in measured):.3g}, this model {left:.3g}')
         kept = [layer for layer in self.layers if not layer.quantized]
         if kept:
             by_type = {t: sum(layer.type == t for layer in kept) for t in sorted({layer.type for layer in kept})}
             names = ', '.join(layer.name for layer in kept) if len(kept) <= 6 else \
                 ', '.join(f'{count} {t}' for t, count in by_type.items())
-            lines.append(f'  kept fp32: {names}')
+            lines.append(f'  kept fp32{" (float16 weights)" if self.fp16_kept else ""}: {names}')
         return '\n'.join(lines)
 
 
@@ -117,7 +126,8 @@ def end_layers(model) -> list:
 def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: int, letterbox: bool,
                   out_param, out_bin, method: str = 'mse', keep_fp32: tuple = (), pad_value: int = PAD_VALUE,
                   check_images: int = 4, mse_images: int = 32, bias_correction: bool = False,
-                  depthwise_fp32: bool = True, ends_fp32: bool = True, fp16_kept: bool = False) -> Int8Report:
+                  size_budget: float | None = DEFAULT_SIZE_BUDGET, fp16_kept: bool = True,
+                  sensitivity_images: int = 16) -> Int8Report:
     """Calibrate the fp32 model `param_path/bin_path` on `calib_images` and write its INT8 version.
 
     method: 'kl'     NCNN's entropy calibration (what ncnn2table does by default);
@@ -125,26 +135,16 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
             'mse'    (default) KL's thresholds refined per layer: among the KL threshold and absmax * 2**(-k/4),
                      the one whose simulated INT8 layer output is closest to fp32 on the first `mse_images`
                      images.
-            With every layer INT8, 'mse' keeps Yolo-FastestV2's mAP closest to fp32 of the three; LeYOLO-Nano
-            still loses mAP and detections that way, hence the fp32 layers below (bench/int8_accuracy.py,
-            docs/benchmarks.md).
     bias_correction: ('mse') subtract each layer's mean INT8 error per output channel, measured in the same
-               simulation on fp32 inputs, from its bias. Off by default: with the fp32 layers below it lowered
-               scores on both models (fewer detections at conf 0.3 on coco128 val) and left more images empty.
-               With everything INT8 it helps LeYOLO-Nano's mAP.
-    keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32.
-    depthwise_fp32: leave every ConvolutionDepthWise in fp32 (default). NCNN gives a layer one activation scale
-               for all its input channels, and a depthwise layer filters each channel alone: channels whose range
-               is a small fraction of the blob's get a few INT8 levels, and nothing mixes them with better-resolved
-               channels. On LeYOLO-Nano an INT8 input costs a depthwise layer more relative output error than a
-               1x1 one, and depthwise layers are the most harmful ones to quantize on the images INT8 leaves
-               empty. Compute is small (9 MACs per output value).
-    ends_fp32: leave the first conv layer and those feeding the outputs (end_layers) in fp32 (default): the
-               first sees raw pixels, the last decide scores and boxes directly. Few weights (Yolo-FastestV2:
-               14k, LeYOLO-Nano: 32k).
-    fp16_kept: store the weights of the conv/fc layers left fp32 as float16: half their bytes, still computed
-               in fp32. Off by default: the C++ app (NCNN built from source) then gives boxes a little off the
-               Python wheel's on Yolo-FastestV2 (the two agree with float32 storage).
+               simulation on fp32 inputs, from its bias. Off by default: measured to lower scores (fewer
+               detections at conf 0.3 on coco128 val) on both released models.
+    size_budget: the largest .bin, as a fraction of the model's .bin with fp32 weights (default 0.30). Every
+               conv/fc layer is calibrated, each one's output noise is measured alone on `sensitivity_images`
+               calibration images, and the layers removing the most noise per extra byte stay fp32 while the .bin
+               fits (utils/int8/sensitivity.py). None: every layer INT8 except `keep_fp32` (no measurement).
+    keep_fp32: names of Convolution/ConvolutionDepthWise/InnerProduct layers to leave in fp32 in any case.
+    fp16_kept: store the weights of the conv/fc layers left fp32 as float16 (default): half their bytes, still
+               computed in fp32, so the budget keeps about three times as many weights as with float32.
     A sidecar `X.json` beside `param_path` (utils/export/ncnn_convert.py) is copied beside `out_param`.
     Raises ValueError when no calibration image can be read, or a name in keep_fp32 is not such a layer.
     """
@@ -155,9 +155,7 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     unknown = set(keep_fp32) - {layer.name for layer in candidates}
     if unknown:
         raise ValueError(f'{param_path}: keep_fp32 names no conv/fc layer: {", ".join(sorted(unknown))}')
-    kept = set(keep_fp32) | (set(end_layers(model)) if ends_fp32 else set())
-    to_quantize = [layer for layer in candidates if layer.name not in kept
-                   and not (depthwise_fp32 and layer.type == 'ConvolutionDepthWise')]
+    to_quantize = [layer for layer in candidates if layer.name not in keep_fp32]
 
     inputs, skipped = [], []
     for path, chw in load_calibration_inputs(calib_images, width, height, letterbox, pad_value):
@@ -178,6 +176,14 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
                               if len(model.weights[name]) > 1}
     scales = {layer.name: LayerScales(w_scales[layer.name], stats[layer.bottoms[0]].scale,
                                       corrected_bias.get(layer.name)) for layer in to_quantize}
+    noise = {}
+    if size_budget is not None and scales:
+        # Spread over the calibration set, like the calibration sample over the split.
+        step = max(1, len(inputs) // sensitivity_images)
+        noise = layer_noise(model, param_path, bin_path, scales, inputs[::step][:sensitivity_images])
+        budget_bytes = int(size_budget * fp32_bytes(model))
+        for name in choose_fp32_layers(model, scales, noise, budget_bytes, fp16_kept):
+            del scales[name]
     Path(out_param).parent.mkdir(parents=True, exist_ok=True)
     write_int8_model(model, scales, out_param, out_bin, fp16_unquantized=fp16_kept)
 
@@ -185,9 +191,10 @@ def quantize_ncnn(param_path, bin_path, calib_images: list, width: int, height: 
     for layer in candidates:
         s = stats.get(layer.bottoms[0]) if layer.name in scales else None
         layer_reports.append(LayerReport(layer.name, layer.type, s is not None, layer.bottoms[0],
-                                         *((s.absmax, s.threshold, s.scale) if s else ())))
-    report = Int8Report(method, len(inputs), skipped, layer_reports,
-                        Path(bin_path).stat().st_size, Path(out_bin).stat().st_size, len(corrected_bias))
+                                         *((s.absmax, s.threshold, s.scale) if s else (0.0, 0.0, 0.0)),
+                                         noise.get(layer.name)))
+    report = Int8Report(method, len(inputs), skipped, layer_reports, Path(bin_path).stat().st_size,
+                        Path(out_bin).stat().st_size, sum(name in scales for name in corrected_bias), fp16_kept)
     compare_outputs(report, model, (param_path, bin_path), (out_param, out_bin), inputs[:check_images])
     # The sidecar (input size, blob names, anchors) describes the INT8 model as well: give it one too.
     sidecar, out_sidecar = Path(param_path).with_suffix('.json'), Path(out_param).with_suffix('.json')
@@ -227,10 +234,11 @@ def calibration_sample(image_paths: list, count: int) -> list:
     return list(image_paths)[::step][:count]
 
 
-def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', depthwise_fp32: bool = True,
-                         ends_fp32: bool = True, fp16_kept: bool = False, log=print) -> Int8Report:
+def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse', int8_all: bool = False,
+                         log=print) -> Int8Report:
     """For pytorch2onnx.py --int8 --calib-images N: calibrate `X.param/X.bin` (fp32, from utils/export) on N images
-    of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`."""
+    of the config's train split with its width, height and letterbox, write `X-int8.param/.bin/.json`. Mixed
+    precision within the default size budget, or with `int8_all` every conv/fc layer INT8."""
     from utils.data.dataset import load_split
     if cfg.train is None:
         raise ValueError(f'{cfg.data_path}: INT8 calibration reads images of the "train" split, and this .data '
@@ -243,7 +251,7 @@ def quantize_with_config(param_path, cfg, calib_images: int, method: str = 'mse'
         log(f'INT8: the train split has {len(split.image_paths)} images; calibrating on {len(images)}')
     out_param, out_bin = int8_paths(param_path)
     report = quantize_ncnn(param_path, Path(param_path).with_suffix('.bin'), images, cfg.width, cfg.height,
-                           cfg.letterbox, out_param, out_bin, method=method, depthwise_fp32=depthwise_fp32,
-                           ends_fp32=ends_fp32, fp16_kept=fp16_kept)
+                           cfg.letterbox, out_param, out_bin, method=method,
+                           size_budget=None if int8_all else DEFAULT_SIZE_BUDGET)
     log(report.summary())
     return report

@@ -184,9 +184,8 @@ def int8_scale_term(layer_type: str) -> int:
 
 def fp16_array(array: WeightArray) -> bytes:
     """A tagged ("type 0") weight array stored as float16, as NCNN's loader reads it (converted back to float32
-    when loaded, so the layer still computes in fp32, with its weights rounded to fp16).
-    Not the default in utils/int8/quantize.py: with the first and output convs stored so, the C++ app built from
-    NCNN's source and the Python wheel give slightly different boxes on the same INT8 model (equal with float32).
+    when loaded, so the layer still computes in fp32, with its weights rounded to fp16; the conversion is
+    exact, so every NCNN build reads the same fp32 weights).
     """
     half = array.values.astype(np.float16).tobytes()
     return struct.pack('<I', TAG_FLOAT16) + half + b'\0' * (_align4(len(half)) - len(half))
