@@ -169,7 +169,7 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     backbone = shared_path('weights/yolo-fastestv2/shufflenetv2-0.5x-imagenet-backbone.pth')
     fast = dict(batch_size=8, workers=0, eval_interval=100)
     teacher_cfg = load_config(leyolo_data(dataset), model='leyolo-nano', head='leyolo', pre_weights=leyolo,
-                              epochs=TEACHER_EPOCHS, learning_rate=0.0005, leyolo_max_grad_norm=10.0, warmup_epochs=0,
+                              epochs=TEACHER_EPOCHS, learning_rate=0.0005, warmup_epochs=0,
                               steps=(100,), **fast)
     train(teacher_cfg, TrainOptions(out_dir=tmp_path / 'teacher', device='cpu', workers=0))
     teacher_file = tmp_path / 'teacher' / 'last.pt'

@@ -256,10 +256,13 @@ def test_one_class_fine_tune_from_the_released_weights(tmp_path, nano_imported):
     torch.set_num_threads(1)
     train_folder, val_folder = write_person_dataset(tmp_path, train_images=16, val_images=48)
     data = tmp_path / 'person.data'
-    # warmup_epochs 0: the warm-up lasts at least 100 steps and would keep these few steps at a near-zero rate
+    # warmup_epochs 0: the warm-up lasts at least 100 steps and would keep these few steps at a near-zero rate;
+    # learning_rate 0.01: each clipped step is lr x leyolo_max_grad_norm long, and 4 steps of the default length
+    # (0.001 x 10) leave a fresh class layer half taught
     data.write_text(f'model = leyolo-nano\nhead = leyolo\nclasses = 1\nwidth = 320\nheight = 320\nletterbox = 1\n'
                     f'pre_weights = {shared_path(NANO_WEIGHTS)}\ntrain = {train_folder}\nval = {val_folder}\n'
-                    f'names = person.names\nepochs = 2\nbatch_size = 8\nwarmup_epochs = 0\nworkers = 0\n')
+                    f'names = person.names\nepochs = 2\nbatch_size = 8\nwarmup_epochs = 0\nworkers = 0\n'
+                    f'learning_rate = 0.01\n')
     cfg = load_config(data)
 
     torch.manual_seed(0)   # the trainer's seed: the fresh class convs start as they will in training

@@ -111,7 +111,7 @@ class Config:
     leyolo_box_gain: float = 7.5          # weight of the CIoU box term
     leyolo_cls_gain: float = 0.5          # weight of the BCE class term
     leyolo_dfl_gain: float = 1.5          # weight of the distribution focal loss term
-    leyolo_max_grad_norm: float = 100.0   # clip the gradient norm to this (0: no clipping)
+    leyolo_max_grad_norm: float = 10.0    # clip the gradient norm to this (0: no clipping)
     tal_topk: int = 10                    # task-aligned assigner: points each box takes
     tal_alpha: float = 0.5                # alignment = class score ** alpha * IoU ** beta
     tal_beta: float = 6.0

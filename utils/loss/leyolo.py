@@ -29,10 +29,11 @@ from utils.loss.targets import checked_targets
 
 LOSS_SCALE = 640.0
 BOX_GAIN, CLS_GAIN, DFL_GAIN = Config.leyolo_box_gain, Config.leyolo_cls_gain, Config.leyolo_dfl_gain
-# Ultralytics clips the gradient norm at 10 for a loss 10x smaller than ours. LeYOLO needs it: from the released
-# nano weights the gradient norm is in the tens of thousands, and unclipped SGD diverged on coco128 within a few
-# steps even at a tenth of the default learning_rate, while clipped at 100 it trains. The trainer reads
-# `max_grad_norm` off the loss.
+# Clipping sets the step: from LeYOLONano.pt the gradient norm of this loss is in the thousands to tens of
+# thousands, far above the norm we clip to, so every SGD step has the length learning_rate x max_grad_norm (times
+# momentum's gain) whatever the loss. Unclipped, SGD diverged on coco128 within a few steps even at a tenth of the
+# default learning_rate; at norm 30 or 100 fine-tuning collapsed once the lr had warmed up, at 10 it held
+# (docs/benchmarks.md, "Fine-tuning LeYOLO-Nano"). The trainer reads `max_grad_norm` off the loss.
 MAX_GRAD_NORM = Config.leyolo_max_grad_norm
 
 
