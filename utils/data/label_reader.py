@@ -14,6 +14,9 @@ integer in three multiply-and-shift steps), a group of files at a time so the te
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from utils.data.dataset import COORD_TOLERANCE, parse_labels
@@ -69,7 +72,10 @@ def parse_label_texts(texts: list, classes: int | None) -> tuple[np.ndarray, np.
 
     The same as parse_labels(text, classes) on each file decoded as UTF-8 (a leading BOM dropped)."""
     texts = [t[len(_BOM):] if t.startswith(_BOM) else t for t in texts]
-    parts = [_parse_group(texts[begin:end], classes) for begin, end in _groups(texts)]
+    groups = _groups(texts)
+    # numpy's array operations release the GIL, so the groups parse side by side, one thread per core
+    with ThreadPoolExecutor(max(1, min(len(groups), os.cpu_count() or 1))) as pool:
+        parts = list(pool.map(lambda group: _parse_group(texts[group[0]:group[1]], classes), groups))
     labels, counts, suspect = (np.concatenate(part) for part in zip(*parts)) if parts else (
         np.zeros((0, FIELDS), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
     # the suspect files, checked line by line, go back in their place
