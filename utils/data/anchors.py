@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -174,10 +175,17 @@ def kmeans_anchors(boxes_wh: np.ndarray, k: int, restarts: int = 10, seed: int =
     # float32 halves the memory traffic and is ample for IoU; the restart sample is the start of the polish sample
     sample = _columns(boxes_wh[rng.permutation(len(boxes_wh))[:POLISH_SAMPLE]].astype(np.float32))
     restart_sample = tuple(c[:RESTART_SAMPLE] for c in sample)
+    seeds = [_seed_kmeans_plus_plus(restart_sample, k, rng) for _ in range(restarts)]
+
+    def restart(seed_centres):
+        centres = _median_kmeans(restart_sample, seed_centres, max_iterations)
+        return centres, float(_iou_table(restart_sample, centres).max(0).mean())
+
+    # the restarts are independent numpy work (which releases the GIL): one thread per core
+    with ThreadPoolExecutor(max(1, min(restarts, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(restart, seeds))
     best, best_iou = None, -1.0
-    for _ in range(restarts):
-        centres = _median_kmeans(restart_sample, _seed_kmeans_plus_plus(restart_sample, k, rng), max_iterations)
-        score = float(_iou_table(restart_sample, centres).max(0).mean())
+    for centres, score in results:   # in restart order: the first of equal scores wins
         if score > best_iou:
             best, best_iou = centres, score
     best = _polish(sample, best).astype(np.float64)
