@@ -3,6 +3,7 @@ SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, 
 
     python3 bench/train_speed.py [--batches 8] [--device cpu|cuda] [--batch-size 32] [--workers 2]
                                  [--reference-dir DIR]
+    python3 bench/train_speed.py --end-to-end [--epochs 9] [--reference-dir DIR]
 
 Pipelines timed in the same run, on the same images:
   ours       what utils/train/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
@@ -21,14 +22,22 @@ all alike. A run is one untimed batch (worker start, cudnn autotuning) and then 
 again as needed (the reference reads a list of it repeated 4 times): well past the loaders' prefetch of 4 batches,
 so the timed batches pay for their augmentation. images/s = images / seconds over all timed batches.
 It prints images/s, the ratios ours/naive and ours/reference, and the peak resident memory.
+
+--end-to-end times the commands a user runs instead of a step: our train.py, then the reference's train.py (with
+--reference-dir, on CPU), each for --epochs epochs of coco128 train2017 (labels beside the images, batch 32, their
+default augmentation; ours evaluates once, after the last epoch; the reference's first evaluation would come after
+epoch 11). Images/s of each from its own record after the first epoch (ours: results.csv; the reference: the epoch
+line its local edit 4 prints), start-up = launch to the first epoch's progress bar, and the whole wall time.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -157,6 +166,64 @@ class Pipeline:
         return time.perf_counter() - started
 
 
+def timed_lines(command: list, cwd: Path, log: Path, env: dict | None = None) -> tuple[float, list]:
+    """Run `command`; return its wall seconds and its output lines (stdout and stderr, tqdm's redraws included),
+    each with the seconds since launch it appeared at. The output is also written to `log`."""
+    started = time.perf_counter()
+    lines = []
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as child, open(log, 'w') as out:
+        for line in child.stdout:   # text mode: tqdm's carriage returns end lines too
+            lines.append((time.perf_counter() - started, line.rstrip('\n')))
+            out.write(line)
+    if child.returncode:
+        raise SystemExit(f'{" ".join(map(str, command))} failed (exit {child.returncode}), see {log}')
+    return time.perf_counter() - started, lines
+
+
+def first_time(lines: list, pattern: str) -> float:
+    found = [t for t, line in lines if re.search(pattern, line)]
+    if not found:
+        raise SystemExit(f'no output line matched {pattern!r}')
+    return found[0]
+
+
+def end_to_end(args, folder: Path) -> None:
+    """Our train.py and the reference's, the same epochs on the same data, one after the other."""
+    data = write_split(folder)
+    text = data.read_text().replace('epochs=300', f'epochs={args.epochs}')
+    ours_data = folder / 'ours.data'
+    ours_data.write_text(text + f'eval_interval={args.epochs}\n')
+    print(f'train.py, {args.epochs} epochs of coco128 train2017 (128 images), 352x352, batch 32, 2 workers '
+          f'(ours: --workers {args.workers}), {torch.get_num_threads()} torch threads')
+    runs = {}
+    wall, lines = timed_lines([sys.executable, str(REPO / 'train.py'), '--data', str(ours_data), '--out',
+                               str(folder / 'ours'), '--workers', str(args.workers), '--device', 'cpu'],
+                              REPO, folder / 'ours.log')
+    with open(folder / 'ours' / 'results.csv', newline='') as f:
+        epochs = [(float(r['images_per_s']) * float(r['epoch_s']), float(r['epoch_s'])) for r in csv.DictReader(f)]
+    runs['ours'] = dict(wall=wall, startup=first_time(lines, rf'^epoch 1/{args.epochs}:'), epochs=epochs)
+    if args.reference_dir:
+        reference_data = folder / 'reference.data'
+        reference_data.write_text(text)
+        (args.reference_dir / 'weights').mkdir(exist_ok=True)
+        wall, lines = timed_lines([sys.executable, 'train.py', '--data', str(reference_data)], args.reference_dir,
+                                  folder / 'reference.log', env=dict(os.environ, PYTHONPATH=str(args.reference_dir)))
+        epochs = [(float(m.group(2)), float(m.group(1))) for _, line in lines
+                  if (m := re.match(r'epoch \d+ seconds ([\d.]+) images (\d+)', line))]
+        runs['reference'] = dict(wall=wall, startup=first_time(lines, r'^\s*0%\|'), epochs=epochs)   # its tqdm bar
+    rate = {}
+    for name, run in runs.items():
+        steady = run['epochs'][1:]
+        rate[name] = sum(i for i, _ in steady) / sum(s for _, s in steady)
+        print(f'{name:9s}: {rate[name]:6.2f} images/s after the first epoch (first epoch '
+              f'{run["epochs"][0][0] / run["epochs"][0][1]:.2f}), start-up {run["startup"]:.1f} s, '
+              f'whole command {run["wall"]:.1f} s')
+    if 'reference' in rate:
+        print(f'ours / reference: {rate["ours"] / rate["reference"]:.2f}x images/s, '
+              f'{runs["reference"]["wall"] / runs["ours"]["wall"]:.2f}x less wall time (target 2x images/s)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--batches', type=int, default=8, help='timed batches per run (two runs per pipeline)')
@@ -164,11 +231,17 @@ def main() -> None:
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--reference-dir', type=Path, help='a checkout of Yolo-FastestV2 to time in the same run')
+    parser.add_argument('--end-to-end', action='store_true', help="time train.py itself (and the reference's)")
+    parser.add_argument('--epochs', type=int, default=9, help='--end-to-end: epochs of each run')
     args = parser.parse_args()
     if not COCO128.is_dir():
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
     if args.reference_dir and not (args.reference_dir / 'utils' / 'loss.py').exists():
         raise SystemExit(f'--reference-dir {args.reference_dir}: no utils/loss.py there (a Yolo-FastestV2 checkout?)')
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
+            end_to_end(args, Path(tmp))
+        return
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
         cfg = load_config(write_split(Path(tmp)))

@@ -1,0 +1,141 @@
+"""Where a steady-state training step's CPU time goes: train.py's own Trainer on coco128 (yolo-fastestv2 352x352,
+batch 32, 2 workers, full augmentation, RAM cache), against the limit the model itself sets on this machine.
+
+    python3 bench/train_profile.py [--epochs 2] [--workers 2] [--top 25]
+
+It prints, for the same process and the same batch size:
+  limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
+             + the SGD step and the EMA: images/s of each, which no data pipeline can beat;
+  train      the Trainer's own train_one_epoch over epochs of coco128 train2017 read 4 times (16 batches), after
+             one warm-up epoch: images/s, and the CPU seconds of the main process and of each data worker over
+             the timed epochs against their wall seconds (what the 2 cores did);
+  profile    one more epoch under torch.profiler: the ops with the most self CPU time in the main process,
+             and the time spent waiting for batches (the DataLoader's next).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model.build import build_model  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.loss import build_loss  # noqa: E402
+from utils.train.ema import ModelEMA  # noqa: E402
+from utils.train.schedule import build_optimizer  # noqa: E402
+from utils.train.trainer import MEMORY_FORMAT, Trainer, TrainOptions  # noqa: E402
+
+COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
+TICKS = os.sysconf('SC_CLK_TCK')
+
+
+def write_data(folder: Path) -> Path:
+    images = sorted(str(p) for p in (COCO128 / 'images' / 'train2017').glob('*.jpg'))
+    (folder / 'train_x4.txt').write_text('\n'.join(images * 4) + '\n')
+    data = folder / 'coco128.data'
+    data.write_text(f'classes=80\ntrain={folder / "train_x4.txt"}\nval={COCO128 / "images" / "val2017"}\n'
+                    f'names={REPO / "data" / "coco.names"}\nwidth=352\nheight=352\nbatch_size=32\n'
+                    'epochs=300\nsteps=150,250\n')
+    return data
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (children not included)."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def limit_rates(cfg, images: torch.Tensor, targets: torch.Tensor, steps: int) -> dict:
+    """images/s of the model's training work alone, on one fixed batch: forward + backward, + loss, + SGD + EMA."""
+    torch.manual_seed(0)
+    model = build_model(cfg, log=lambda s: None).to(memory_format=MEMORY_FORMAT).train()
+    loss_fn = build_loss(model, cfg)
+    optimizer = build_optimizer(model, cfg)
+    ema = ModelEMA(model)
+    images = images.contiguous(memory_format=MEMORY_FORMAT)
+
+    def forward_backward():
+        outputs = model(images)
+        sum(o.float().sum() for level in outputs for o in level if o is not None).backward()
+
+    def with_loss():
+        loss, _ = loss_fn(model(images), targets)
+        loss.backward()
+
+    def full_step():
+        with_loss()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    rates = {}
+    for name, step in (('forward + backward', forward_backward), ('+ loss', with_loss), ('+ SGD + EMA', full_step)):
+        step()   # warm-up
+        model.zero_grad(set_to_none=True)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+            model.zero_grad(set_to_none=True)
+        rates[name] = steps * len(images) / (time.perf_counter() - started)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--epochs', type=int, default=2, help='timed epochs (16 batches each) after the warm-up one')
+    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--limit-steps', type=int, default=8)
+    parser.add_argument('--top', type=int, default=25, help='ops listed from the profile')
+    args = parser.parse_args()
+    if not COCO128.is_dir():
+        raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
+    with tempfile.TemporaryDirectory(prefix='trainprofile') as tmp:
+        cfg = load_config(write_data(Path(tmp)))
+        trainer = Trainer(cfg, TrainOptions(out_dir=Path(tmp) / 'run', device='cpu', workers=args.workers), 0, 1, 0)
+        print(f'torch threads {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}, '
+              f'{args.workers} workers, {len(trainer.dataset)} images per epoch, batch {cfg.batch_size}')
+        trainer.train_one_epoch(0)   # forks the workers; the first batches pay for it
+        workers = [w.pid for w in trainer.loader._iterator._workers]
+        main_before = resource.getrusage(resource.RUSAGE_SELF)
+        workers_before = [cpu_seconds(pid) for pid in workers]
+        started = time.perf_counter()
+        images = 0
+        for epoch in range(1, 1 + args.epochs):
+            stats = trainer.train_one_epoch(epoch)
+            images += round(stats['images_per_s'] * stats['epoch_s'])
+        wall = time.perf_counter() - started
+        main_after = resource.getrusage(resource.RUSAGE_SELF)
+        main_cpu = (main_after.ru_utime + main_after.ru_stime) - (main_before.ru_utime + main_before.ru_stime)
+        workers_cpu = [cpu_seconds(pid) - before for pid, before in zip(workers, workers_before)]
+        print(f'\ntrain: {images / wall:.2f} images/s over {args.epochs} epochs ({wall:.1f} s wall)')
+        print(f'  CPU seconds: main {main_cpu:.1f} ({main_cpu / wall:.2f} cores), workers '
+              + ', '.join(f'{c:.1f}' for c in workers_cpu) + f' ({sum(workers_cpu) / wall:.2f} cores); '
+              f'{(main_cpu + sum(workers_cpu)) / wall:.2f} of {os.cpu_count()} cores busy')
+        print(f'  per image: main {1000 * main_cpu / images:.1f} ms CPU, workers '
+              f'{1000 * sum(workers_cpu) / images:.1f} ms CPU')
+
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            trainer.train_one_epoch(1 + args.epochs)
+        print(f'\nprofile of one more epoch (main process), top {args.top} ops by self CPU time:')
+        print(profile.key_averages().table(sort_by='self_cpu_time_total', row_limit=args.top,
+                                           max_name_column_width=60))
+
+        batch_images, batch_targets = next(iter(trainer.loader))
+        trainer._end_workers()
+        print(f'limit: the model alone on one batch of {len(batch_images)}, {args.limit_steps} steps each, '
+              f'{torch.get_num_threads()} threads, no data workers running')
+        for name, rate in limit_rates(cfg, batch_images, batch_targets, args.limit_steps).items():
+            print(f'  {name:20s} {rate:7.2f} images/s')
+
+
+if __name__ == '__main__':
+    main()
