@@ -168,7 +168,8 @@ class Pipeline:
 
 def timed_lines(command: list, cwd: Path, log: Path, env: dict | None = None) -> tuple[float, list]:
     """Run `command`; return its wall seconds and its output lines (stdout and stderr, tqdm's redraws included),
-    each with the seconds since launch it appeared at. The output is also written to `log`."""
+    each with the seconds since launch it appeared at. The output is also written to `log`; a failure raises
+    SystemExit with its last lines."""
     started = time.perf_counter()
     lines = []
     with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -177,7 +178,8 @@ def timed_lines(command: list, cwd: Path, log: Path, env: dict | None = None) ->
             lines.append((time.perf_counter() - started, line.rstrip('\n')))
             out.write(line)
     if child.returncode:
-        raise SystemExit(f'{" ".join(map(str, command))} failed (exit {child.returncode}), see {log}')
+        tail = '\n'.join(line for _, line in lines[-20:])   # the log's folder is temporary
+        raise SystemExit(f'{" ".join(map(str, command))} failed (exit {child.returncode}):\n{tail}')
     return time.perf_counter() - started, lines
 
 
