@@ -7,12 +7,12 @@ by evaluation.py on the val split.
 A row is a set of .data overrides on top of --data (which gives the dataset: train, val, names, classes, and the
 anchors for the Yolo-FastestV2 rows, computed at 352 as bench/person_dataset.py and genanchors.py do):
     yfv2-imagenet       Yolo-FastestV2 at 352 from the ImageNet backbone, YOLOv5's matching
-    yfv2-coco           the same from the released COCO weights (pre_weights; the class convs start fresh): the
-                        default recipe, the README's
+    yfv2-coco           the same from the released COCO weights (pre_weights; the class convs start fresh)
     yfv2-coco-anchors   yfv2-coco with Yolo-FastestV2's COCO anchors (the default) instead of the base file's
-    yfv2-atss / yfv2-simota / yfv2-tal   yfv2-coco with another assigner (utils/loss/assigners/)
+    yfv2-atss / yfv2-simota / yfv2-tal   yfv2-coco with another assigner (utils/loss/assigners/); yfv2-tal is
+                        the README's recipe
     leyolo-nano-coco    LeYOLO-Nano at 320, letterboxed, from the released COCO weights (LeYOLONano.pt)
-    yfv2-distill        yfv2-coco distilled from the leyolo-nano-coco row's last.pt (run after it)
+    yfv2-distill        yfv2-tal distilled from the leyolo-nano-coco row's last.pt (run after it)
 Each row writes its .data to OUT/ROW.data and trains into OUT/ROW/ (train.py --seed), then evaluation.py scores the
 EMA weights of OUT/ROW/last.pt. The schedule is the base file's with `epochs` = --epochs and its `steps` scaled by
 --epochs / the base's epochs (steps 50,80 of 100 epochs become 8,12 at 15), evaluated after the last epoch only.
@@ -63,7 +63,7 @@ ROWS = [
     Row('yfv2-tal', {**YFV2, **COCO, 'assigner': 'tal'}),
     Row('leyolo-nano-coco', {'model': 'leyolo-nano', 'head': 'leyolo', 'width': 320, 'height': 320, 'letterbox': 1,
                              'backbone_weights': None, 'pre_weights': LEYOLO_NANO_COCO, 'assigner': None}),
-    Row('yfv2-distill', {**YFV2, **COCO, 'assigner': 'yolov5',
+    Row('yfv2-distill', {**YFV2, **COCO, 'assigner': 'tal',
                          'teacher_weights': Path('{out}/leyolo-nano-coco/last.pt')}, after=('leyolo-nano-coco',)),
 ]
 

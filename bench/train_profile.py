@@ -1,7 +1,7 @@
 """Where a steady-state training step's CPU time goes: train.py's own Trainer on coco128 (yolo-fastestv2 352x352,
 batch 32, 2 workers, full augmentation, RAM cache), against the limit the model itself sets on this machine.
 
-    python3 bench/train_profile.py [--epochs 2] [--workers 2] [--top 25]
+    python3 bench/train_profile.py [--epochs 2] [--workers 2] [--top 25] [--teacher T [--teacher-size 256]]
 
 It prints, for the same process and the same batch size:
   limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
@@ -11,6 +11,8 @@ It prints, for the same process and the same batch size:
              the timed epochs against their wall seconds (what the 2 cores did);
   profile    one more epoch under torch.profiler: the ops with the most self CPU time in the main process,
              and the time spent waiting for batches (the DataLoader's next).
+With --teacher (a model of coco128's 80 classes) the Trainer distils from it (utils/train/distill.py): train and
+profile then show what the teacher's lesson costs; the limit stays the student's alone.
 """
 from __future__ import annotations
 
@@ -38,13 +40,14 @@ COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
 TICKS = os.sysconf('SC_CLK_TCK')
 
 
-def write_data(folder: Path) -> Path:
+def write_data(folder: Path, teacher: Path | None, teacher_size: int | None) -> Path:
     images = sorted(str(p) for p in (COCO128 / 'images' / 'train2017').glob('*.jpg'))
     (folder / 'train_x4.txt').write_text('\n'.join(images * 4) + '\n')
     data = folder / 'coco128.data'
     data.write_text(f'classes=80\ntrain={folder / "train_x4.txt"}\nval={COCO128 / "images" / "val2017"}\n'
                     f'names={REPO / "data" / "coco.names"}\nwidth=352\nheight=352\nbatch_size=32\n'
-                    'epochs=300\nsteps=150,250\n')
+                    'epochs=300\nsteps=150,250\n' + (f'teacher_weights={teacher.resolve()}\n' if teacher else '')
+                    + (f'teacher_width={teacher_size}\nteacher_height={teacher_size}\n' if teacher_size else ''))
     return data
 
 
@@ -95,11 +98,13 @@ def main() -> None:
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--limit-steps', type=int, default=8)
     parser.add_argument('--top', type=int, default=25, help='ops listed from the profile')
+    parser.add_argument('--teacher', type=Path, help='distil from this checkpoint (teacher_weights)')
+    parser.add_argument('--teacher-size', type=int, help="the teacher's input side (teacher_width, teacher_height)")
     args = parser.parse_args()
     if not COCO128.is_dir():
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
     with tempfile.TemporaryDirectory(prefix='trainprofile') as tmp:
-        cfg = load_config(write_data(Path(tmp)))
+        cfg = load_config(write_data(Path(tmp), args.teacher, args.teacher_size))
         trainer = Trainer(cfg, TrainOptions(out_dir=Path(tmp) / 'run', device='cpu', workers=args.workers), 0, 1, 0)
         print(f'torch threads {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}, '
               f'{args.workers} workers, {len(trainer.dataset)} images per epoch, batch {cfg.batch_size}')

@@ -15,8 +15,8 @@ from tests.conftest import shared_path
 from utils.config import load_config
 from utils.errors import CheckpointError, ConfigError
 from utils.train.checkpoint import save_atomic
-from utils.train.distill import Distiller, class_scores, on_grid, pkd_loss, softmax_class_loss
-from utils.train.teacher import load_teacher
+from utils.train.distill import Distiller, class_scores, objectness_loss, on_grid, pkd_loss, softmax_class_loss
+from utils.train.teacher import fold_batchnorm, load_teacher
 from utils.train.trainer import config_record
 
 torch.set_num_threads(1)   # the test machine has 2 cores shared by many processes
@@ -111,6 +111,12 @@ def test_the_loss_terms_match_hand_computed_values():
     p = torch.tensor([0.6, 0.2, 0.2])
     assert softmax_class_loss(torch.zeros(1, 4, 1, 1), teacher_scores).item() == \
         pytest.approx(0.36 * (p * (p / 0.25).log()).sum().item(), rel=1e-5)
+    # objectness: the student's best anchor per cell against the teacher's best class score there, mean over cells
+    student_obj = torch.tensor([[-2.0, 0.0], [1.0, -3.0], [0.5, 0.5]]).view(1, 3, 1, 2)   # anchors x cells
+    scores = torch.tensor([[0.9, 0.1], [0.3, 0.0]]).view(1, 2, 1, 2)                     # classes x cells
+    best_logit, best_score = torch.tensor([1.0, 0.5]), torch.tensor([0.9, 0.1])
+    by_hand = -(best_score * F.logsigmoid(best_logit) + (1 - best_score) * F.logsigmoid(-best_logit)).mean()
+    assert objectness_loss(student_obj, scores).item() == pytest.approx(by_hand.item(), rel=1e-6)
     # the teacher's maps of all scales on a student grid: the best score per cell and class
     fine = torch.zeros(1, 2, 4, 4)
     fine[0, 0, 3, 2] = 0.9            # an object the teacher sees at stride 8, in student cell (1, 1) of stride 16
@@ -142,7 +148,7 @@ def test_a_leyolo_teacher_teaches_a_yolo_fastestv2_student_of_another_size(datas
     images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     outputs = student(images)
     loss, parts = distiller(images, outputs)
-    assert set(parts) == {'dfeat', 'dcls'} and all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert set(parts) == {'dfeat', 'dcls', 'dobj'} and all(torch.isfinite(torch.tensor(v)) for v in parts.values())
     assert loss.item() > 0
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.adapters.parameters())
@@ -196,8 +202,8 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     assert class_distance['distilled'] < 0.9 * class_distance['plain']
     rows = (tmp_path / 'distilled' / 'results.csv').read_text().splitlines()
     header, last_row = rows[0].split(','), dict(zip(rows[0].split(','), rows[-1].split(',')))
-    assert {'dfeat', 'dcls'} <= set(header)
-    assert all(math.isfinite(float(last_row[key])) for key in ('dfeat', 'dcls', 'loss'))
+    assert {'dfeat', 'dcls', 'dobj'} <= set(header)
+    assert all(math.isfinite(float(last_row[key])) for key in ('dfeat', 'dcls', 'dobj', 'loss'))
     assert 'distill' not in load_checkpoint(tmp_path / 'distilled' / 'best.pt')
     last = tmp_path / 'distilled' / 'last.pt'
     with pytest.raises(CheckpointError, match=rf'^{last}: written by a run with a teacher \(teacher_weights\): '
@@ -210,3 +216,25 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     resumed = load_checkpoint(last)
     assert resumed['epoch'] == STUDENT_EPOCHS + 1
     assert not torch.equal(resumed['distill']['convs.0.weight'], adapters['convs.0.weight'])   # trained on
+
+
+@pytest.mark.parametrize('model', ['yolo-fastestv2', 'leyolo-nano'])
+def test_folding_the_teachers_batchnorms_keeps_its_outputs(dataset, model):
+    """The teacher runs with its BatchNorms folded into its convolutions (utils/train/teacher.fold_batchnorm):
+    every one of them, with trained-like statistics, and the same raw outputs and neck features as unfolded."""
+    cfg = load_config(leyolo_data(dataset) if model == 'leyolo-nano' else dataset, model=model,
+                      head='leyolo' if model == 'leyolo-nano' else 'anchor', width=128, height=128)
+    torch.manual_seed(0)
+    net = build_model(cfg, log=lambda s: None).eval()
+    batch_norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batch_norms:   # statistics and affine terms far from their initial identity
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    images = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        before = [t for scale in net(images) for t in scale]
+        assert fold_batchnorm(net) == len(batch_norms)
+        after = [t for scale in net(images) for t in scale]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for a, b in zip(before, after):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())

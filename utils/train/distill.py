@@ -17,8 +17,13 @@ compared at the image locations of its grid:
           class scores || student's softmax), weighted per cell by the square of the teacher's best class score,
           so that its faint background guesses count little. LeYOLO student (sigmoid classes): BCE against the
           teacher's scores, normalised by their sum (as its own class loss is).
+    obj   anchor student only: whether a cell holds an object at all, the one prediction that still carries the
+          teacher's knowledge on a one-class set (where a one-class softmax makes `cls` empty). BCE of the student's
+          best anchor's objectness in each cell against the teacher's best class score there, averaged over the
+          cells as the anchor loss averages its own objectness term (a LeYOLO student has no objectness: its
+          sigmoid classes already take the teacher's scores in `cls`).
 
-    loss = detection loss + distill_gain * scale * (FEATURE_GAIN * feat + CLASS_GAIN * cls)
+    loss = detection loss + distill_gain * scale * (FEATURE_GAIN * feat + CLASS_GAIN * cls + OBJECT_GAIN * obj)
 
 with `scale` the student loss's own (STUDENT_LOSS_SCALE): the gains are set against the anchor loss, and the LeYOLO
 loss weighs its terms ten times as much (640 against 64, utils/loss/).
@@ -45,6 +50,9 @@ FEATURE_GAIN = 2.0     # PKD's loss is 2 * (1 - correlation) per channel; its au
 # cross-entropy does.
 CLASS_GAIN = 2.0
 CONFIDENCE_POWER = 2.0   # the class term's weight per cell: the teacher's best class score to this power
+# Per cell about what the anchor loss gives each of the cell's 3 anchors at stride 16 (ANCHOR_LOSS_SCALE x OBJ_GAIN
+# / 3): three times as much (64) pulled a small student's shared class/objectness tower away from its classes.
+OBJECT_GAIN = 20.0
 STUDENT_LOSS_SCALE = {'anchor': 1.0, 'leyolo': 10.0}
 
 
@@ -75,16 +83,21 @@ class Distiller:
             teacher_scores = class_scores(self.teacher(teacher_input), self.teacher_kind)
         teacher_features = self.teacher_features.pop('features')
         adapted = self.adapters_net(self.student_features.pop('features'))
-        feat = cls = torch.zeros((), device=images.device)
+        feat = cls = obj = torch.zeros((), device=images.device)
         for i, j in enumerate(self.pairs):
             grid = adapted[i].shape[2:]
             feat = feat + pkd_loss(adapted[i].float(), resized(teacher_features[j].float(), grid))
             scores = on_grid(teacher_scores, grid)
-            class_loss = softmax_class_loss if self.student_kind == 'anchor' else sigmoid_class_loss
-            cls = cls + class_loss(student_outputs[i][-1].float(), scores)   # class logits: last of each scale
-        feat, cls = feat / len(self.pairs), cls / len(self.pairs)
-        total = self.gain * (FEATURE_GAIN * feat + CLASS_GAIN * cls)
-        return total, {'dfeat': feat.item(), 'dcls': cls.item()}
+            if self.student_kind == 'anchor':
+                _, student_obj, student_cls = student_outputs[i]
+                cls = cls + softmax_class_loss(student_cls.float(), scores)
+                obj = obj + objectness_loss(student_obj.float(), scores)
+            else:
+                cls = cls + sigmoid_class_loss(student_outputs[i][-1].float(), scores)
+        feat, cls, obj = feat / len(self.pairs), cls / len(self.pairs), obj / len(self.pairs)
+        total = self.gain * (FEATURE_GAIN * feat + CLASS_GAIN * cls + OBJECT_GAIN * obj)
+        parts = {'dfeat': feat.item(), 'dcls': cls.item()}
+        return total, parts | ({'dobj': obj.item()} if self.student_kind == 'anchor' else {})
 
 
 class Adapters(nn.Module):
@@ -167,6 +180,12 @@ def softmax_class_loss(student_logits: torch.Tensor, teacher_scores: torch.Tenso
     target = teacher_scores / teacher_scores.sum(1, keepdim=True).clamp(min=1e-9)
     kl = (target * (target.clamp(min=1e-9).log() - student_logits.log_softmax(1))).sum(1)
     return (weight * kl).sum() / weight.sum().clamp(min=1.0)
+
+
+def objectness_loss(student_obj_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """BCE of the best anchor's objectness per cell (N, A, H, W -> N, H, W) against the teacher's best class score
+    there, mean over the cells: the gradient reaches the anchor that already claims the cell, not its neighbours."""
+    return F.binary_cross_entropy_with_logits(student_obj_logits.amax(1), teacher_scores.amax(1))
 
 
 def sigmoid_class_loss(student_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ Where the teacher's description comes from, by kind of file:
                                                     the tensor names; classes and anchor count from the output convs
 The `teacher_*` keys of the .data fill what the file does not say; where the file does say, they must agree with it.
 Input size: `teacher_width` / `teacher_height`, else the size the checkpoint was trained at, else the student's.
+The teacher never trains, so its BatchNorms are folded into the convolutions before them (fold_batchnorm): the same
+outputs without one pass over a feature map per BatchNorm (docs/benchmarks.md, "Training recipes": the cost).
 
 Distillation compares the teacher's and the student's class scores per image location, so the classes must be the
 same in the same order: a file with class names must list the .data's names; a file without them, as many classes.
@@ -20,6 +22,7 @@ import dataclasses
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from model.architectures import ARCHITECTURES
 from model.build import build_model
@@ -59,8 +62,28 @@ def load_teacher(cfg, device: torch.device, log=print) -> nn.Module:
     teacher = build_model(teacher_cfg, log=lambda _: None)
     load_weights(teacher, path, strict=True)
     log(f'teacher {path}: {described.model} ({described.head} head) at {width}x{height}')
-    teacher.eval().requires_grad_(False)
+    fold_batchnorm(teacher.eval())
+    teacher.requires_grad_(False)
     return teacher.to(device, memory_format=torch.channels_last)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d in its parent module (nn.Sequential, ConvBnAct, a
+    bottleneck's projection) into that convolution, in eval mode only; returns how many were folded. Our
+    architectures apply each such BatchNorm to that convolution's output: tests/test_distill.py checks that the
+    folded models give the same outputs."""
+    if model.training:
+        raise ValueError('fold_batchnorm needs a model in eval mode: training-mode BatchNorm uses batch statistics')
+    folded = 0
+    for parent in model.modules():
+        names = list(parent._modules)
+        for conv_name, bn_name in zip(names, names[1:]):
+            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[bn_name] = nn.Identity()
+                folded += 1
+    return folded
 
 
 def describe_teacher(cfg) -> TeacherDescription:
