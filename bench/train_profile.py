@@ -1,7 +1,7 @@
 """Where a steady-state training step's CPU time goes: train.py's own Trainer on coco128 (yolo-fastestv2 352x352,
 batch 32, 2 workers, full augmentation, RAM cache), against the limit the model itself sets on this machine.
 
-    python3 bench/train_profile.py [--epochs 2] [--workers 2] [--top 25] [--teacher T [--teacher-size 256]]
+    python3 bench/train_profile.py [--epochs 2] [--top 25] [--alternatives] [--teacher T [--teacher-size 256]]
 
 It prints, for the same process and the same batch size:
   limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
@@ -11,8 +11,11 @@ It prints, for the same process and the same batch size:
              the timed epochs against their wall seconds (what the 2 cores did);
   profile    one more epoch under torch.profiler: the ops with the most self CPU time in the main process,
              and the time spent waiting for batches (the DataLoader's next).
-With --teacher (a model of coco128's 80 classes) the Trainer distils from it (utils/train/distill.py): train and
-profile then show what the teacher's lesson costs; the limit stays the student's alone.
+With --alternatives, the limit's '+ loss' rate is also measured for two other ways to run the same model: CPU
+autocast to bfloat16 (fast only where the CPU has bfloat16 instructions) and torch.compile (its compile time
+printed apart). With --teacher (a model of coco128's 80 classes) the Trainer distils from it
+(utils/train/distill.py): train and profile then show what the teacher's lesson costs; the limit stays the
+student's alone.
 """
 from __future__ import annotations
 
@@ -80,15 +83,47 @@ def limit_rates(cfg, images: torch.Tensor, targets: torch.Tensor, steps: int) ->
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
 
+    return timed_rates({'forward + backward': forward_backward, '+ loss': with_loss, '+ SGD + EMA': full_step},
+                       model, len(images), steps)
+
+
+def timed_rates(steps_by_name: dict, model, batch: int, steps: int) -> dict:
     rates = {}
-    for name, step in (('forward + backward', forward_backward), ('+ loss', with_loss), ('+ SGD + EMA', full_step)):
+    for name, step in steps_by_name.items():
         step()   # warm-up
         model.zero_grad(set_to_none=True)
         started = time.perf_counter()
         for _ in range(steps):
             step()
             model.zero_grad(set_to_none=True)
-        rates[name] = steps * len(images) / (time.perf_counter() - started)
+        rates[name] = steps * batch / (time.perf_counter() - started)
+    return rates
+
+
+def alternative_rates(cfg, images: torch.Tensor, targets: torch.Tensor, steps: int) -> dict:
+    """images/s of forward + loss + backward run three ways on the same batch: as train.py runs it (eager, float32),
+    under CPU autocast to bfloat16, and compiled by torch.compile (whose first call compiles: its seconds apart)."""
+    torch.manual_seed(0)
+    model = build_model(cfg, log=lambda s: None).to(memory_format=MEMORY_FORMAT).train()
+    loss_fn = build_loss(model, cfg)
+    images = images.contiguous(memory_format=MEMORY_FORMAT)
+
+    def step_of(net, bfloat16=False):
+        def step():
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bfloat16):
+                outputs = net(images)
+            loss, _ = loss_fn(outputs, targets)
+            loss.backward()
+        return step
+
+    compiled = torch.compile(model)
+    started = time.perf_counter()
+    step_of(compiled)()
+    compile_s = time.perf_counter() - started
+    model.zero_grad(set_to_none=True)
+    rates = timed_rates({'eager float32': step_of(model), 'autocast bfloat16': step_of(model, bfloat16=True),
+                         'torch.compile': step_of(compiled)}, model, len(images), steps)
+    rates['torch.compile: first call s'] = compile_s
     return rates
 
 
@@ -98,6 +133,7 @@ def main() -> None:
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--limit-steps', type=int, default=8)
     parser.add_argument('--top', type=int, default=25, help='ops listed from the profile')
+    parser.add_argument('--alternatives', action='store_true', help='also time bfloat16 autocast and torch.compile')
     parser.add_argument('--teacher', type=Path, help='distil from this checkpoint (teacher_weights)')
     parser.add_argument('--teacher-size', type=int, help="the teacher's input side (teacher_width, teacher_height)")
     args = parser.parse_args()
@@ -140,6 +176,10 @@ def main() -> None:
               f'{torch.get_num_threads()} threads, no data workers running')
         for name, rate in limit_rates(cfg, batch_images, batch_targets, args.limit_steps).items():
             print(f'  {name:20s} {rate:7.2f} images/s')
+        if args.alternatives:
+            print('alternatives: forward + loss + backward, the same batch and steps')
+            for name, value in alternative_rates(cfg, batch_images, batch_targets, args.limit_steps).items():
+                print(f'  {name:28s} {value:7.2f}' + ('' if name.endswith(' s') else ' images/s'))
 
 
 if __name__ == '__main__':
