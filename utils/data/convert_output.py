@@ -211,7 +211,8 @@ def _data_text(name: str, source_text: str, data_path: Path, num_classes: int, n
     return (f'# Converted by data/convert.py from {source_text}; what was left out: {REPORT_NAME}\n'
             f'# Next, anchors fitted to these boxes: python3 genanchors.py --data {data_path} --update\n'
             f'# Start from the released COCO weights (the best start measured, docs/benchmarks.md "Training recipes"; '
-            f'the class outputs start fresh):\n# pre_weights=PATH/coco2017-0.241078ap-model.pth\n'
+            f'the class outputs start fresh), with the assigner that scored best from them:\n'
+            f'# pre_weights=PATH/coco2017-0.241078ap-model.pth\n# assigner=tal\n'
             f'[name]\nmodel_name={name}\n\n'
             f'[model-configure]\nmodel=yolo-fastestv2\nclasses={num_classes}\nwidth=352\nheight=352\nanchor_num=3\n\n'
             f'[data-configure]\ntrain=train.txt\nval=val.txt\nnames={names_file}\n')
