@@ -164,8 +164,9 @@ def test_a_leyolo_teacher_teaches_a_yolo_fastestv2_student_of_another_size(datas
 def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain(dataset, tmp_path):
     """The common case in small: a LeYOLO-Nano teacher fine-tuned from the released COCO weights, a Yolo-FastestV2
     student from its ImageNet backbone; the same epochs, seed and data with and without the teacher. The distilled
-    run's loss terms are finite; its student's class scores follow the teacher's on val images clearly more closely
-    than the plain run's (the teacher's lesson reached the student, not only its adapters); its best.pt is a plain
+    run's loss terms are finite; its student's class scores and objectness follow the teacher's on val images clearly
+    more closely than the plain run's (the teacher's lesson reached the student, not only its adapters: without the
+    objectness term this run's student drifts far from the teacher on both); its best.pt is a plain
     student; its last.pt resumes with the teacher and refuses to resume without it."""
     from utils.data.dataset import load_split
     from utils.data.train_data import TrainDataset, collate
@@ -187,7 +188,7 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     images, _ = collate([val[(0, index)] for index in range(len(val))])
     with torch.no_grad():
         teacher_scores = class_scores(teacher(images), 'leyolo')
-    class_distance = {}
+    class_distance, object_distance = {}, {}
     for name, teacher_weights in (('plain', None), ('distilled', teacher_file)):
         train(dataclasses.replace(cfg, teacher_weights=teacher_weights),
               TrainOptions(out_dir=tmp_path / name, device='cpu', workers=0))
@@ -197,9 +198,14 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
             outputs = student.eval()(images)
             class_distance[name] = sum(softmax_class_loss(cls, on_grid(teacher_scores, cls.shape[2:]))
                                        for _, _, cls in outputs).item()
+            object_distance[name] = sum(objectness_excess(obj, on_grid(teacher_scores, obj.shape[2:]))
+                                        for _, obj, _ in outputs).item()
     print(f'class KL to the teacher on val: without a teacher {class_distance["plain"]:.4f}, '
-          f'distilled {class_distance["distilled"]:.4f}')
+          f'distilled {class_distance["distilled"]:.4f}; objectness BCE above the teacher\'s own: without '
+          f'{object_distance["plain"]:.4f}, '
+          f'distilled {object_distance["distilled"]:.4f}')
     assert class_distance['distilled'] < 0.9 * class_distance['plain']
+    assert object_distance['distilled'] < 0.9 * object_distance['plain']
     rows = (tmp_path / 'distilled' / 'results.csv').read_text().splitlines()
     header, last_row = rows[0].split(','), dict(zip(rows[0].split(','), rows[-1].split(',')))
     assert {'dfeat', 'dcls', 'dobj'} <= set(header)
@@ -216,6 +222,13 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     resumed = load_checkpoint(last)
     assert resumed['epoch'] == STUDENT_EPOCHS + 1
     assert not torch.equal(resumed['distill']['convs.0.weight'], adapters['convs.0.weight'])   # trained on
+
+
+def objectness_excess(student_obj_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """The distillation's objectness BCE above its floor, the entropy of the teacher's scores (a student whose best
+    anchor's objectness equals the teacher's score scores exactly the floor)."""
+    best = teacher_scores.amax(1, keepdim=True).clamp(1e-6, 1 - 1e-6)
+    return objectness_loss(student_obj_logits, teacher_scores) - objectness_loss(torch.logit(best), teacher_scores)
 
 
 @pytest.mark.parametrize('model', ['yolo-fastestv2', 'leyolo-nano'])
