@@ -86,6 +86,9 @@ class Config:
     teacher_width: int = 0                # 0: the size the teacher checkpoint was trained at, else the student's
     teacher_height: int = 0
     distill_gain: float = 1.0             # weight of the distillation loss against the detection loss
+    distill_feature_gain: float = 2.0     # its terms' weights within it (utils/train/distill.py)
+    distill_class_gain: float = 2.0
+    distill_object_gain: float = 20.0
     # [data-configure]
     train: Path | None = None             # list file of image paths, or a folder of images
     val: Path | None = None
@@ -335,6 +338,9 @@ def _check(cfg: Config, given: dict, splits: bool, check_anchors: bool) -> None:
         fail('anchor_cls_gain', f'only the anchor head\'s loss reads it, and head = {cfg.head}')
     if cfg.anchor_cls_gain < 0:
         fail('anchor_cls_gain', f'must be 0 or more, got {cfg.anchor_cls_gain}')
+    for key in ('distill_gain', 'distill_feature_gain', 'distill_class_gain', 'distill_object_gain'):
+        if getattr(cfg, key) < 0:
+            fail(key, f'must be 0 or more, got {getattr(cfg, key)}')
     if cfg.leyolo_box_gain == cfg.leyolo_cls_gain == cfg.leyolo_dfl_gain == 0:
         fail('leyolo_box_gain', 'leyolo_box_gain, leyolo_cls_gain and leyolo_dfl_gain are all 0: nothing to learn')
     if cfg.cache not in ('auto', 'none', 'ram'):

@@ -23,10 +23,17 @@ compared at the image locations of its grid:
           cells as the anchor loss averages its own objectness term (a LeYOLO student has no objectness: its
           sigmoid classes already take the teacher's scores in `cls`).
 
-    loss = detection loss + distill_gain * scale * (FEATURE_GAIN * feat + CLASS_GAIN * cls + OBJECT_GAIN * obj)
+    loss = detection loss + distill_gain * scale * (distill_feature_gain * feat + distill_class_gain * cls
+                                                    + distill_object_gain * obj)
 
 with `scale` the student loss's own (STUDENT_LOSS_SCALE): the gains are set against the anchor loss, and the LeYOLO
-loss weighs its terms ten times as much (640 against 64, utils/loss/).
+loss weighs its terms ten times as much (640 against 64, utils/loss/). Their defaults (.data keys, utils/config.py):
+    feature 2   PKD's loss is 2 x (1 - correlation) per channel; its authors weigh it about this much
+    class 2     six times the anchor loss's class weight at the default anchor_cls_gain (64 x 0.005 = 0.32): soft
+                targets where the teacher is sure, which do not swamp the shared class/objectness tower as a strong
+                hard-label cross-entropy does
+    object 20   per cell about what the anchor loss gives each of the cell's 3 anchors at stride 16 (64 / 3); 64
+                pulled a small student's shared class/objectness tower away from its classes (tests/test_distill.py)
 
 The adapters are trained with the student (they are in the optimizer and in last.pt, key 'distill', for resume) but
 are no part of it: best.pt, evaluation and export see the plain student. The student's neck output is read by a
@@ -44,15 +51,7 @@ from utils.errors import CheckpointError
 from utils.train.distributed import wrap_model
 from utils.train.teacher import load_teacher
 
-FEATURE_GAIN = 2.0     # PKD's loss is 2 * (1 - correlation) per channel; its authors weigh it about this much
-# Six times the anchor loss's class weight at the default `anchor_cls_gain` (ANCHOR_LOSS_SCALE x 0.005 = 0.32): soft
-# targets where the teacher is sure do not swamp the shared class/objectness tower as a strong hard-label
-# cross-entropy does.
-CLASS_GAIN = 2.0
 CONFIDENCE_POWER = 2.0   # the class term's weight per cell: the teacher's best class score to this power
-# Per cell about what the anchor loss gives each of the cell's 3 anchors at stride 16 (ANCHOR_LOSS_SCALE x OBJ_GAIN
-# / 3): three times as much (64) pulled a small student's shared class/objectness tower away from its classes.
-OBJECT_GAIN = 20.0
 STUDENT_LOSS_SCALE = {'anchor': 1.0, 'leyolo': 10.0}
 
 
@@ -61,6 +60,7 @@ class Distiller:
 
     def __init__(self, cfg, student: nn.Module, device: torch.device, world: int = 1, log=print):
         self.gain = cfg.distill_gain * STUDENT_LOSS_SCALE[student.spec.kind]
+        self.term_gains = (cfg.distill_feature_gain, cfg.distill_class_gain, cfg.distill_object_gain)
         self.teacher = load_teacher(cfg, device, log)
         self.student_kind = student.spec.kind
         self.teacher_kind = self.teacher.spec.kind
@@ -95,7 +95,8 @@ class Distiller:
             else:
                 cls = cls + sigmoid_class_loss(student_outputs[i][-1].float(), scores)
         feat, cls, obj = feat / len(self.pairs), cls / len(self.pairs), obj / len(self.pairs)
-        total = self.gain * (FEATURE_GAIN * feat + CLASS_GAIN * cls + OBJECT_GAIN * obj)
+        feature_gain, class_gain, object_gain = self.term_gains
+        total = self.gain * (feature_gain * feat + class_gain * cls + object_gain * obj)
         parts = {'dfeat': feat.item(), 'dcls': cls.item()}
         return total, parts | ({'dobj': obj.item()} if self.student_kind == 'anchor' else {})
 
