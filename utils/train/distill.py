@@ -78,9 +78,7 @@ class Distiller:
     def __call__(self, images: torch.Tensor, student_outputs: list) -> tuple[torch.Tensor, dict]:
         """The distillation loss for this batch (student_outputs: its raw head outputs on `images`) and its parts."""
         with torch.no_grad(), torch.autocast('cuda', enabled=images.is_cuda):
-            teacher_input = images if tuple(images.shape[2:]) == self.teacher_size else \
-                F.interpolate(images.float() / 255, size=self.teacher_size, mode='bilinear', align_corners=False)
-            teacher_scores = class_scores(self.teacher(teacher_input), self.teacher_kind)
+            teacher_scores = class_scores(self.teacher(self.teacher_input(images)), self.teacher_kind)
         teacher_features = self.teacher_features.pop('features')
         adapted = self.adapters_net(self.student_features.pop('features'))
         feat = cls = obj = torch.zeros((), device=images.device)
@@ -99,6 +97,17 @@ class Distiller:
         total = self.gain * (feature_gain * feat + class_gain * cls + object_gain * obj)
         parts = {'dfeat': feat.item(), 'dcls': cls.item()}
         return total, parts | ({'dobj': obj.item()} if self.student_kind == 'anchor' else {})
+
+
+    def teacher_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at the teacher's input size. On the CPU uint8 images resize as they are (the teacher scales them
+        to 0..1 itself): on 2 cores ~20x faster than converting to float32 first (20 against 390 ms a batch of 32
+        at 352 -> 320), which made that resize a large part of the teacher's cost."""
+        if tuple(images.shape[2:]) == self.teacher_size:
+            return images
+        if images.dtype != torch.uint8 or images.is_cuda:   # CUDA has no uint8 bilinear resize
+            images = images.float() / 255
+        return F.interpolate(images, size=self.teacher_size, mode='bilinear', align_corners=False)
 
 
 class Adapters(nn.Module):
