@@ -4,6 +4,8 @@ batch 32, 2 workers, full augmentation, RAM cache), against the limit the model 
     python3 bench/train_profile.py [--epochs 2] [--top 25] [--alternatives] [--teacher T [--teacher-size 256]]
 
 It prints, for the same process and the same batch size:
+  start-up   seconds of the imports and of building the Trainer for a new run, and the calls inside the latter
+             that took longest (cProfile, cumulative);
   limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
              + the SGD step and the EMA: images/s of each, which no data pipeline can beat;
   train      the Trainer's own train_one_epoch over epochs of coco128 train2017 read 4 times (16 batches), after
@@ -19,15 +21,21 @@ student's alone.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import resource
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import torch
+STARTED = time.perf_counter()   # before the imports: the start-up line counts them
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import os  # noqa: E402
+import pstats  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -141,7 +149,15 @@ def main() -> None:
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
     with tempfile.TemporaryDirectory(prefix='trainprofile') as tmp:
         cfg = load_config(write_data(Path(tmp), args.teacher, args.teacher_size))
-        trainer = Trainer(cfg, TrainOptions(out_dir=Path(tmp) / 'run', device='cpu', workers=args.workers), 0, 1, 0)
+        imported = time.perf_counter()
+        with cProfile.Profile() as startup:
+            trainer = Trainer(cfg, TrainOptions(out_dir=Path(tmp) / 'run', device='cpu', workers=args.workers), 0, 1,
+                              0)
+        built = time.perf_counter()
+        print(f'start-up: imports {imported - STARTED:.2f} s, Trainer() {built - imported:.2f} s (a new run: label '
+              f'checks, labels.png and batch0.jpg, the optimizer); the calls inside Trainer() that took longest:')
+        stats = pstats.Stats(startup)
+        stats.sort_stats('cumulative').print_stats(re.escape(str(REPO)) + r'/(utils|model)/|optim/optimizer\.py', 12)
         print(f'torch threads {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}, '
               f'{args.workers} workers, {len(trainer.dataset)} images per epoch, batch {cfg.batch_size}')
         trainer.train_one_epoch(0)   # forks the workers; the first batches pay for it
