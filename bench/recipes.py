@@ -14,6 +14,7 @@ anchors for the Yolo-FastestV2 rows, computed at 352 as bench/person_dataset.py 
     leyolo-nano-coco    LeYOLO-Nano at 320, letterboxed, from the released COCO weights (LeYOLONano.pt)
     yfv2-distill        yfv2-tal distilled from the leyolo-nano-coco row's last.pt (run after it)
     yfv2-distill-pred   the same from the teacher's predictions only (distill_feature_gain 0)
+    yfv2-distill-light  yfv2-distill-pred at a quarter of the weight (distill_gain 0.25)
 Each row writes its .data to OUT/ROW.data and trains into OUT/ROW/ (train.py --seed), then evaluation.py scores the
 EMA weights of OUT/ROW/last.pt. The schedule is the base file's with `epochs` = --epochs and its `steps` scaled by
 --epochs / the base's epochs (steps 50,80 of 100 epochs become 8,12 at 15), evaluated after the last epoch only.
@@ -68,6 +69,8 @@ ROWS = [
                          'teacher_weights': Path('{out}/leyolo-nano-coco/last.pt')}, after=('leyolo-nano-coco',)),
     Row('yfv2-distill-pred', {**YFV2, **COCO, 'assigner': 'tal', 'distill_feature_gain': 0,
                               'teacher_weights': Path('{out}/leyolo-nano-coco/last.pt')}, after=('leyolo-nano-coco',)),
+    Row('yfv2-distill-light', {**YFV2, **COCO, 'assigner': 'tal', 'distill_feature_gain': 0, 'distill_gain': 0.25,
+                               'teacher_weights': Path('{out}/leyolo-nano-coco/last.pt')}, after=('leyolo-nano-coco',)),
 ]
 
 
