@@ -110,6 +110,7 @@ def test_windows_and_home_paths_are_normalised(tmp_path):
                                     r'\(head = leyolo, or assigner = tal\), and head = anchor, assigner = yolov5'),
     (lambda t: t + 'leyolo_dfl_gain=1\n', r'x\.data:23: key "leyolo_dfl_gain": only the leyolo head\'s loss reads '
                                           r'it, and head = anchor'),
+    (lambda t: t + 'distill_object_gain=-1\n', r'x\.data:23: key "distill_object_gain": must be 0 or more, got -1'),
     (lambda t: t + 'leyolo_box_gian=7\n', r'unknown key "leyolo_box_gian" \(did you mean "leyolo_box_gain"\?\)'),
     # a known key (or alias) with something appended means that key, however far the spelling
     (lambda t: t.replace('val=val.txt', 'val_something=val.txt'), r'unknown key "val_something" \(did you mean "val"'),

@@ -165,8 +165,8 @@ def test_a_distilled_student_learns_the_teachers_classes_resumes_and_stays_plain
     """The common case in small: a LeYOLO-Nano teacher fine-tuned from the released COCO weights, a Yolo-FastestV2
     student from its ImageNet backbone; the same epochs, seed and data with and without the teacher. The distilled
     run's loss terms are finite; its student's class scores and objectness follow the teacher's on val images clearly
-    more closely than the plain run's (the teacher's lesson reached the student, not only its adapters: without the
-    objectness term this run's student drifts far from the teacher on both); its best.pt is a plain
+    more closely than the plain run's (the teacher's lesson reached the student, not only its adapters; in the one
+    run tried without the objectness term the student drifted far from the teacher on both); its best.pt is a plain
     student; its last.pt resumes with the teacher and refuses to resume without it."""
     from utils.data.dataset import load_split
     from utils.data.train_data import TrainDataset, collate
@@ -234,7 +234,7 @@ def objectness_excess(student_obj_logits: torch.Tensor, teacher_scores: torch.Te
 @pytest.mark.parametrize('model', ['yolo-fastestv2', 'leyolo-nano'])
 def test_folding_the_teachers_batchnorms_keeps_its_outputs(dataset, model):
     """The teacher runs with its BatchNorms folded into its convolutions (utils/train/teacher.fold_batchnorm):
-    every one of them, with trained-like statistics, and the same raw outputs and neck features as unfolded."""
+    every one of them, with trained-like statistics, and the same raw outputs as unfolded."""
     cfg = load_config(leyolo_data(dataset) if model == 'leyolo-nano' else dataset, model=model,
                       head='leyolo' if model == 'leyolo-nano' else 'anchor', width=128, height=128)
     torch.manual_seed(0)
