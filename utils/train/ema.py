@@ -29,12 +29,28 @@ class ModelEMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = self.decay()
-        current = _unwrap(model).state_dict()
-        for name, averaged in self.model.state_dict().items():
-            if averaged.dtype.is_floating_point:
-                averaged.mul_(d).add_(current[name].detach(), alpha=1 - d)
-            else:
-                averaged.copy_(current[name])
+        averaged, current, copied_to, copied_from = self._tensor_lists(_unwrap(model))
+        # One call per list rather than two per tensor: the per-tensor loop and building both state_dicts each step
+        # took about a tenth of the demo's training steps (batch 8 at 160x160, under cProfile). Same arithmetic,
+        # bit for bit.
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, current, alpha=1 - d)
+        for to, source in zip(copied_to, copied_from):
+            to.copy_(source)
+
+    def _tensor_lists(self, model: torch.nn.Module) -> tuple[list, list, list, list]:
+        """The EMA's and the model's tensors, floating point (averaged) and the rest (copied), in state_dict order.
+        Kept between steps: the trainer updates, loads and resumes these tensors in place."""
+        key = (id(model), id(self.model))
+        if getattr(self, '_lists_key', None) != key:
+            current = model.state_dict()
+            pairs = [(averaged, current[name].detach()) for name, averaged in self.model.state_dict().items()]
+            floating = [pair for pair in pairs if pair[0].dtype.is_floating_point]
+            others = [pair for pair in pairs if not pair[0].dtype.is_floating_point]
+            self._lists = ([a for a, _ in floating], [c for _, c in floating], [a for a, _ in others],
+                           [c for _, c in others])
+            self._lists_key = key
+        return self._lists
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
