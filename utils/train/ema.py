@@ -19,6 +19,7 @@ class ModelEMA:
     def __init__(self, model: torch.nn.Module):
         self.model = copy.deepcopy(_unwrap(model)).eval()
         self.updates = 0   # a resumed run sets the count it had (checkpoint 'ema_updates')
+        self._lists, self._lists_key = None, None   # update()'s tensor lists and the models they belong to
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -42,7 +43,7 @@ class ModelEMA:
         """The EMA's and the model's tensors, floating point (averaged) and the rest (copied), in state_dict order.
         Kept between steps: the trainer updates, loads and resumes these tensors in place."""
         key = (id(model), id(self.model))
-        if getattr(self, '_lists_key', None) != key:
+        if self._lists_key != key:
             current = model.state_dict()
             pairs = [(averaged, current[name].detach()) for name, averaged in self.model.state_dict().items()]
             floating = [pair for pair in pairs if pair[0].dtype.is_floating_point]
