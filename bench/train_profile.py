@@ -4,7 +4,8 @@ batch 32, 2 workers, full augmentation, RAM cache), against the limit the model 
     python3 bench/train_profile.py [--epochs 2] [--top 25] [--alternatives] [--teacher T [--teacher-size 256]]
 
 It prints, for the same process and the same batch size:
-  start-up   seconds of the imports and of building the Trainer for a new run, and the calls inside the latter
+  start-up   seconds from the process's start to the .data read (interpreter and imports), and of building the
+             Trainer for a new run, and the calls inside the latter
              that took longest (cProfile, cumulative);
   limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
              + the SGD step and the EMA: images/s of each, which no data pipeline can beat;
@@ -21,21 +22,18 @@ student's alone.
 """
 from __future__ import annotations
 
+import argparse
+import cProfile
+import os
+import pstats
+import re
+import resource
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-STARTED = time.perf_counter()   # before the imports: the start-up line counts them
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import os  # noqa: E402
-import pstats  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,6 +58,13 @@ def write_data(folder: Path, teacher: Path | None, teacher_size: int | None) -> 
                     'epochs=300\nsteps=150,250\n' + (f'teacher_weights={teacher.resolve()}\n' if teacher else '')
                     + (f'teacher_width={teacher_size}\nteacher_height={teacher_size}\n' if teacher_size else ''))
     return data
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (its starttime in /proc, against the uptime): the interpreter's own
+    start-up and every import included, as a user's `python3 train.py` pays them."""
+    start_ticks = int(Path('/proc/self/stat').read_text().rsplit(')', 1)[1].split()[19])
+    return float(Path('/proc/uptime').read_text().split()[0]) - start_ticks / TICKS
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,12 +154,13 @@ def main() -> None:
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
     with tempfile.TemporaryDirectory(prefix='trainprofile') as tmp:
         cfg = load_config(write_data(Path(tmp), args.teacher, args.teacher_size))
-        imported = time.perf_counter()
+        imported_s = process_age_s()
+        started = time.perf_counter()
         with cProfile.Profile() as startup:
             trainer = Trainer(cfg, TrainOptions(out_dir=Path(tmp) / 'run', device='cpu', workers=args.workers), 0, 1,
                               0)
-        built = time.perf_counter()
-        print(f'start-up: imports {imported - STARTED:.2f} s, Trainer() {built - imported:.2f} s (a new run: label '
+        print(f'start-up: process start to the .data read {imported_s:.2f} s, Trainer() '
+              f'{time.perf_counter() - started:.2f} s (a new run: label '
               f'checks, labels.png and batch0.jpg, the optimizer); the calls inside Trainer() that took longest:')
         stats = pstats.Stats(startup)
         stats.sort_stats('cumulative').print_stats(re.escape(str(REPO)) + r'/(utils|model)/|optim/optimizer\.py', 12)
