@@ -6,8 +6,9 @@ One run, in stages (YOLOX's Trainer is the model):
     train_one_epoch    for each mini-batch (batch_size / subdivisions images, split again across DDP processes):
                        forward (autocast on CUDA) -> loss / subdivisions -> backward; every `subdivisions`
                        mini-batches one SGD step, then the EMA follows the weights
-    after_epoch        evaluate the EMA model every `eval_interval` epochs and after the last, append a row to
-                       results.csv, redraw results.png, write last.pt (and best.pt when mAP@0.5:0.95 improved)
+    after_epoch        evaluate the EMA model every `eval_interval` epochs and after the last (then redraw
+                       results.png), append a row to results.csv, write last.pt (and best.pt when mAP@0.5:0.95
+                       improved)
     after_train        report the best epoch
 
 Knowledge distillation from a teacher (`teacher_weights`): utils/train/distill.py.
@@ -352,7 +353,8 @@ class Trainer:
             improved = map50_95 is not None and map50_95 > self.best_score
             if improved:
                 self.best_score, self.best_epoch = map50_95, epoch
-            append_results(self.out_dir, dict(epoch=epoch + 1, **stats, map50=map50, map50_95=map50_95))
+            append_results(self.out_dir, dict(epoch=epoch + 1, **stats, map50=map50, map50_95=map50_95),
+                           draw=map50 is not None)
             self.save_checkpoint('last.pt', epoch + 1, 0)
             if improved or (last and not (self.out_dir / 'best.pt').exists()):
                 self.save_checkpoint('best.pt', epoch + 1, 0, light=True)
