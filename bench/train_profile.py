@@ -2,6 +2,7 @@
 batch 32, 2 workers, full augmentation, RAM cache), against the limit the model itself sets on this machine.
 
     python3 bench/train_profile.py [--epochs 2] [--top 25] [--alternatives] [--teacher T [--teacher-size 256]]
+    python3 bench/train_profile.py --data demo/sample/sample.data     # any .data instead, as its own keys say
 
 It prints, for the same process and the same batch size:
   start-up   seconds from the process's start to the .data read (interpreter and imports), and of building the
@@ -149,11 +150,13 @@ def main() -> None:
     parser.add_argument('--alternatives', action='store_true', help='also time bfloat16 autocast and torch.compile')
     parser.add_argument('--teacher', type=Path, help='distil from this checkpoint (teacher_weights)')
     parser.add_argument('--teacher-size', type=int, help="the teacher's input side (teacher_width, teacher_height)")
+    parser.add_argument('--data', type=Path, help='profile this .data (its model, size, batch and train split) '
+                                                  'instead of coco128; --teacher does not apply')
     args = parser.parse_args()
-    if not COCO128.is_dir():
+    if args.data is None and not COCO128.is_dir():
         raise SystemExit(f'{COCO128} not found: this benchmark needs ../shared/datasets/coco128')
     with tempfile.TemporaryDirectory(prefix='trainprofile') as tmp:
-        cfg = load_config(write_data(Path(tmp), args.teacher, args.teacher_size))
+        cfg = load_config(args.data or write_data(Path(tmp), args.teacher, args.teacher_size))
         imported_s = process_age_s()
         started = time.perf_counter()
         with cProfile.Profile() as startup:
