@@ -8,7 +8,9 @@ SGD step) on coco128 train2017, yolo-fastestv2 at 352x352, batch 32, 2 workers, 
 Pipelines timed in the same run, on the same images:
   ours       what utils/train/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
              less to move from workers and to the device, no layout copy), channels-last activations, decoded
-             images cached in RAM (`cache = auto`: coco128 fits), pinned memory + AMP + cudnn.benchmark on CUDA;
+             images cached in RAM (`cache = auto`: coco128 fits), freed memory kept for reuse
+             (utils/train/memory.py; process-wide, so naive has it too), pinned memory + AMP + cudnn.benchmark on
+             CUDA;
   naive      the same model, loss and augmentation with float32 0..1 NCHW batches, images decoded every time,
              and none of the above (the model's own training path, e.g. the stem's ReLU after its pool, it keeps);
   reference  Yolo-FastestV2's own training step (its TensorDataset with its only augmentation, contrast and
@@ -58,6 +60,7 @@ from utils.config import load_config  # noqa: E402
 from utils.data.dataset import load_split  # noqa: E402
 from utils.data.train_data import TrainDataset, collate  # noqa: E402
 from utils.loss import build_loss  # noqa: E402
+from utils.train.memory import keep_freed_memory  # noqa: E402
 from utils.train.schedule import optimizer_groups  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'
@@ -245,6 +248,9 @@ def main() -> None:
             end_to_end(args, Path(tmp))
         return
     device = torch.device(args.device)
+    # As train.py's Trainer does; a process-wide setting, so the naive pipeline has it too (the reference's child
+    # process does not)
+    keep_freed_memory()
     with tempfile.TemporaryDirectory(prefix='trainspeed') as tmp:
         cfg = load_config(write_split(Path(tmp)))
         split = load_split(cfg, 'train', verbose=False)
