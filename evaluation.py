@@ -16,6 +16,7 @@ import sys
 import tinydet
 from utils.cli import non_negative_int, positive_int, probability, run
 from utils.data.eval_data import RECT_BATCH_SIZE
+from utils.memory import keep_freed_memory
 from utils.runtimes import BACKENDS, backend_for
 
 
@@ -54,6 +55,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()   # batches of inference reuse the memory the last one freed (utils/memory.py)
     if args.backend is None:
         args.backend = backend_for(args.weights)
         print(f'backend {args.backend} (from the file type of {args.weights}; --backend to choose another)')

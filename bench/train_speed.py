@@ -9,7 +9,7 @@ Pipelines timed in the same run, on the same images:
   ours       what utils/train/trainer.py does: full augmentation (mosaic, affine, HSV, flip), uint8 NHWC batches (4x
              less to move from workers and to the device, no layout copy), channels-last activations, decoded
              images cached in RAM (`cache = auto`: coco128 fits), freed memory kept for reuse
-             (utils/train/memory.py; process-wide, so naive has it too), pinned memory + AMP + cudnn.benchmark on
+             (utils/memory.py; process-wide, so naive has it too), pinned memory + AMP + cudnn.benchmark on
              CUDA;
   naive      the same model, loss and augmentation with float32 0..1 NCHW batches, images decoded every time,
              and none of the above (the model's own training path, e.g. the stem's ReLU after its pool, it keeps);
@@ -60,7 +60,7 @@ from utils.config import load_config  # noqa: E402
 from utils.data.dataset import load_split  # noqa: E402
 from utils.data.train_data import TrainDataset, collate  # noqa: E402
 from utils.loss import build_loss  # noqa: E402
-from utils.train.memory import keep_freed_memory  # noqa: E402
+from utils.memory import keep_freed_memory  # noqa: E402
 from utils.train.schedule import optimizer_groups  # noqa: E402
 
 COCO128 = REPO.parent / 'shared' / 'datasets' / 'coco128'

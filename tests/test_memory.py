@@ -1,4 +1,4 @@
-"""utils/train/memory.py: with glibc, a large block freed and allocated again no longer costs fresh page faults."""
+"""utils/memory.py: with glibc, a large block freed and allocated again no longer costs fresh page faults."""
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTS = '''
 import resource, sys, torch
 sys.path.insert(0, {repo!r})
-from utils.train.memory import keep_freed_memory
+from utils.memory import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == 'tuned' else None
 for _ in range(10):   # with the options set, the first few blocks still fault while the heap settles
     torch.empty(24 * 2**20).fill_(1.0)

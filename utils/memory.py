@@ -1,12 +1,14 @@
-"""Keep the memory a training step frees for the next step, instead of handing it back to the OS (glibc only).
+"""Keep the memory a forward or training step frees for the next step, instead of handing it back to the OS (glibc
+only). train.py (its Trainer) and evaluation.py set this for their process.
 
 A training step allocates and frees the same large tensors every time: at 352x352 and batch 32 the stem's
 activations alone are ~95 MB each. glibc's malloc serves every block above its mmap threshold (at most 32 MB) with
 a fresh mmap and unmaps it on free, so each step the kernel maps and zeroes those pages again: ~170,000 page faults
 and ~0.4 s of system time a step on the 2-core machine, a third of the step (docs/benchmarks.md, "Training speed").
-Two malloc settings stop that: no mmap for blocks (they come from the heap, whose freed space later steps reuse) and
-a trim threshold above any step's use (the heap's free top is not returned after each step). The process keeps its
-peak memory until it ends, which a training process reaches in its first steps anyway.
+Inference over batches pays the same on a smaller scale. Two malloc settings stop that: no mmap for blocks (they
+come from the heap, whose freed space later steps reuse) and a trim threshold above any step's use (the heap's
+free top is not returned after each step). The process keeps its peak memory until it ends, which it reaches in
+its first steps anyway.
 """
 from __future__ import annotations
 
