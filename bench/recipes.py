@@ -15,6 +15,9 @@ anchors for the Yolo-FastestV2 rows, computed at 352 as bench/person_dataset.py 
     yfv2-distill        yfv2-tal distilled from the leyolo-nano-coco row's last.pt (run after it)
     yfv2-distill-pred   the same from the teacher's predictions only (distill_feature_gain 0)
     yfv2-distill-light  yfv2-distill-pred at a quarter of the weight (distill_gain 0.25)
+    leyolo-nano-stretch leyolo-nano-coco stretched to 320x320 like the yfv2 rows (letterbox 0): a teacher that has
+                        seen the stretched images the student's batches hold
+    yfv2-distill-stretch  yfv2-distill taught by the leyolo-nano-stretch row's last.pt (run after it)
 Each row writes its .data to OUT/ROW.data and trains into OUT/ROW/ (train.py --seed), then evaluation.py scores the
 EMA weights of OUT/ROW/last.pt. The schedule is the base file's with `epochs` = --epochs and its `steps` scaled by
 --epochs / the base's epochs (steps 50,80 of 100 epochs become 8,12 at 15), evaluated after the last epoch only.
@@ -56,6 +59,8 @@ class Row:
 YFV2 = {'model': 'yolo-fastestv2', 'head': 'anchor', 'width': 352, 'height': 352, 'letterbox': 0}
 IMAGENET = {'backbone_weights': IMAGENET_BACKBONE, 'pre_weights': None}
 COCO = {'backbone_weights': None, 'pre_weights': YFV2_COCO}   # the better start on every set measured
+LEYOLO_NANO = {'model': 'leyolo-nano', 'head': 'leyolo', 'width': 320, 'height': 320, 'letterbox': 1,
+               'backbone_weights': None, 'pre_weights': LEYOLO_NANO_COCO, 'assigner': None}
 # the yfv2-tal row taught by the leyolo-nano-coco row's model
 DISTILL = {**YFV2, **COCO, 'assigner': 'tal', 'teacher_weights': Path('{out}/leyolo-nano-coco/last.pt')}
 ROWS = [
@@ -65,12 +70,14 @@ ROWS = [
     Row('yfv2-atss', {**YFV2, **COCO, 'assigner': 'atss'}),
     Row('yfv2-simota', {**YFV2, **COCO, 'assigner': 'simota'}),
     Row('yfv2-tal', {**YFV2, **COCO, 'assigner': 'tal'}),
-    Row('leyolo-nano-coco', {'model': 'leyolo-nano', 'head': 'leyolo', 'width': 320, 'height': 320, 'letterbox': 1,
-                             'backbone_weights': None, 'pre_weights': LEYOLO_NANO_COCO, 'assigner': None}),
+    Row('leyolo-nano-coco', LEYOLO_NANO),
     Row('yfv2-distill', DISTILL, after=('leyolo-nano-coco',)),
     Row('yfv2-distill-pred', {**DISTILL, 'distill_feature_gain': 0}, after=('leyolo-nano-coco',)),
     Row('yfv2-distill-light', {**DISTILL, 'distill_feature_gain': 0, 'distill_gain': 0.25},
         after=('leyolo-nano-coco',)),
+    Row('leyolo-nano-stretch', {**LEYOLO_NANO, 'letterbox': 0}),
+    Row('yfv2-distill-stretch', {**DISTILL, 'teacher_weights': Path('{out}/leyolo-nano-stretch/last.pt')},
+        after=('leyolo-nano-stretch',)),
 ]
 
 
