@@ -251,3 +251,19 @@ def test_folding_the_teachers_batchnorms_keeps_its_outputs(dataset, model):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     for a, b in zip(before, after):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_a_teacher_trained_on_other_shapes_than_the_students_batches_is_warned_about(dataset, tmp_path):
+    """A teacher trained letterboxed sees a stretching student's batches distorted, and the reverse."""
+    teacher_file = leyolo_teacher_file(dataset, tmp_path, letterbox=True)
+    cfg = load_config(dataset, teacher_weights=teacher_file)
+    assert not cfg.letterbox
+    logged = []
+    load_teacher(cfg, torch.device('cpu'), log=logged.append)
+    assert [line for line in logged if line.startswith('warning')] == [
+        f"warning: the teacher {teacher_file} was trained on letterboxed (aspect ratio kept) images, the student's "
+        f"batches are stretched (letterbox = 0): the teacher sees objects in shapes it did not learn from; one "
+        f"trained with letterbox = 0 would not"]
+    logged.clear()
+    load_teacher(dataclasses.replace(cfg, letterbox=True), torch.device('cpu'), log=logged.append)
+    assert not [line for line in logged if line.startswith('warning')]

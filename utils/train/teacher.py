@@ -43,6 +43,7 @@ class TeacherDescription:
     anchors: tuple            # flat w, h pairs in input pixels (anchor head only)
     width: int                # the size the teacher was trained at, 0 when the file does not say
     height: int
+    letterbox: bool | None = None   # whether it was trained on letterboxed images, None when the file does not say
 
 
 def load_teacher(cfg, device: torch.device, log=print) -> nn.Module:
@@ -62,6 +63,11 @@ def load_teacher(cfg, device: torch.device, log=print) -> nn.Module:
     teacher = build_model(teacher_cfg, log=lambda _: None)
     load_weights(teacher, path, strict=True)
     log(f'teacher {path}: {described.model} ({described.head} head) at {width}x{height}')
+    if described.letterbox is not None and described.letterbox != cfg.letterbox:
+        shapes = {True: 'letterboxed (aspect ratio kept)', False: 'stretched'}
+        log(f'warning: the teacher {path} was trained on {shapes[described.letterbox]} images, the student\'s '
+            f'batches are {shapes[cfg.letterbox]} (letterbox = {int(cfg.letterbox)}): the teacher sees objects in '
+            f'shapes it did not learn from; one trained with letterbox = {int(cfg.letterbox)} would not')
     fold_batchnorm(teacher.eval())
     teacher.requires_grad_(False)
     return teacher.to(device, memory_format=torch.channels_last)
@@ -96,8 +102,9 @@ def describe_teacher(cfg) -> TeacherDescription:
     if is_ultralytics_checkpoint(path):
         _, info = read_ultralytics_checkpoint(path)
         found = dict(head='leyolo')
+        # Ultralytics trains on letterboxed images
         described = TeacherDescription(cfg.teacher_model or 'leyolo-nano', 'leyolo', info['num_classes'], (), 0,
-                                       (), 0, 0)
+                                       (), 0, 0, letterbox=True)
     elif checkpoint is not None:
         record, spec = checkpoint['config'], checkpoint['spec']
         found = dict(model=record['model'], head=spec['kind'])
@@ -105,7 +112,8 @@ def describe_teacher(cfg) -> TeacherDescription:
         names = ast.literal_eval(record['class_names']) if record.get('class_names') else ()
         described = TeacherDescription(record['model'], spec['kind'], spec['num_classes'], tuple(names),
                                        len(spec['anchors_px'][0]) if anchors else 0, anchors,
-                                       spec['input_width'], spec['input_height'])
+                                       spec['input_width'], spec['input_height'],
+                                       record['letterbox'] == 'True' if 'letterbox' in record else None)
     else:
         described = _describe_state_dict(cfg, to_our_names(read_state_dict(path)))
         found = {}
