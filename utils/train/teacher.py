@@ -9,6 +9,9 @@ Where the teacher's description comes from, by kind of file:
                                                     the tensor names; classes and anchor count from the output convs
 The `teacher_*` keys of the .data fill what the file does not say; where the file does say, they must agree with it.
 Input size: `teacher_width` / `teacher_height`, else the size the checkpoint was trained at, else the student's.
+The teacher sees the student's batches as they are: a teacher trained letterboxed (LeYOLONano.pt, or our checkpoint
+with letterbox = 1) under a stretching student, or the reverse, gets a warning (docs/benchmarks.md measured it teach
+worse that way).
 The teacher never trains, so its BatchNorms are folded into the convolutions before them (fold_batchnorm): the same
 outputs without one pass over a feature map per BatchNorm (docs/benchmarks.md, "Training recipes": the cost).
 
