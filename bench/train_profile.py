@@ -5,9 +5,8 @@ batch 32, 2 workers, full augmentation, RAM cache), against the limit the model 
     python3 bench/train_profile.py --data demo/sample/sample.data     # any .data instead, as its own keys say
 
 It prints, for the same process and the same batch size:
-  start-up   seconds from the process's start to the .data read (interpreter and imports), and of building the
-             Trainer for a new run, and the calls inside the latter
-             that took longest (cProfile, cumulative);
+  start-up   seconds from the process's start to the .data read (interpreter and imports) and of building the
+             Trainer for a new run, with the calls inside Trainer() that took longest (cProfile, cumulative);
   limit      the model's forward + backward alone on one fixed batch (no data, no loss), then + the loss, then
              + the SGD step and the EMA: images/s of each, which no data pipeline can beat;
   train      the Trainer's own train_one_epoch over epochs of coco128 train2017 read 4 times (16 batches), after
