@@ -154,6 +154,15 @@ def test_a_leyolo_teacher_teaches_a_yolo_fastestv2_student_of_another_size(datas
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.adapters.parameters())
     assert student.neck.fuse_16[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in distiller.teacher.parameters())
+    # without the feature term the adapters neither run nor train; the prediction terms stay
+    student.zero_grad()
+    no_features = Distiller(dataclasses.replace(cfg, distill_feature_gain=0), student, torch.device('cpu'),
+                            log=lambda s: None)
+    loss, parts = no_features(images, student(images))
+    loss.backward()
+    assert parts['dfeat'] == 0 and parts['dobj'] > 0
+    assert all(p.grad is None for p in no_features.adapters.parameters())
+    assert student.neck.fuse_16[0].weight.grad.abs().sum() > 0
     student.eval()
     with torch.no_grad():
         plain = build_model(cfg, log=lambda s: None).eval()

@@ -37,7 +37,8 @@ loss weighs its terms ten times as much (640 against 64, utils/loss/). Their def
 
 The adapters are trained with the student (they are in the optimizer and in last.pt, key 'distill', for resume) but
 are no part of it: best.pt, evaluation and export see the plain student. The student's neck output is read by a
-forward hook, so the model's forward and its outputs stay as they are.
+forward hook, so the model's forward and its outputs stay as they are. At `distill_feature_gain = 0` the adapters
+neither run nor train (the feature term then costs nothing).
 """
 from __future__ import annotations
 
@@ -80,11 +81,14 @@ class Distiller:
         with torch.no_grad(), torch.autocast('cuda', enabled=images.is_cuda):
             teacher_scores = class_scores(self.teacher(self.teacher_input(images)), self.teacher_kind)
         teacher_features = self.teacher_features.pop('features')
-        adapted = self.adapters_net(self.student_features.pop('features'))
+        student_features = self.student_features.pop('features')
+        feature_gain, class_gain, object_gain = self.term_gains
+        adapted = self.adapters_net(student_features) if feature_gain else None
         feat = cls = obj = torch.zeros((), device=images.device)
         for i, j in enumerate(self.pairs):
-            grid = adapted[i].shape[2:]
-            feat = feat + pkd_loss(adapted[i].float(), resized(teacher_features[j].float(), grid))
+            grid = student_features[i].shape[2:]
+            if adapted is not None:
+                feat = feat + pkd_loss(adapted[i].float(), resized(teacher_features[j].float(), grid))
             scores = on_grid(teacher_scores, grid)
             if self.student_kind == 'anchor':
                 _, student_obj, student_cls = student_outputs[i]
@@ -93,7 +97,6 @@ class Distiller:
             else:
                 cls = cls + sigmoid_class_loss(student_outputs[i][-1].float(), scores)
         feat, cls, obj = feat / len(self.pairs), cls / len(self.pairs), obj / len(self.pairs)
-        feature_gain, class_gain, object_gain = self.term_gains
         total = self.gain * (feature_gain * feat + class_gain * cls + object_gain * obj)
         parts = {'dfeat': feat.item(), 'dcls': cls.item()}
         return total, parts | ({'dobj': obj.item()} if self.student_kind == 'anchor' else {})
