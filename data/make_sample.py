@@ -126,6 +126,9 @@ anchors={format_anchors(anchors_px)}
 train={prefix}train.txt
 val={prefix}val.txt
 names={prefix}sample.names
+# The images are small and cached in memory: loaded in the training process itself, they train faster on 2 cores
+# than through worker processes, which compete with training for the cores (docs/benchmarks.md, "The sample dataset").
+workers=0
 """
 
 
